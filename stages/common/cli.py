@@ -1,0 +1,48 @@
+"""CLI plumbing shared by the stage modules: logging setup and the user-error exit path."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from stages.common.errors import UserError
+
+log = logging.getLogger("stages")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr (Snakemake redirects it to the rule's log file)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def parser(description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser whose help keeps the stage docstring's line breaks."""
+    p = argparse.ArgumentParser(
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def run_stage(main: Callable[[argparse.Namespace], int | None], p: argparse.ArgumentParser,
+              argv: Sequence[str] | None = None) -> int:
+    """Parse args, run ``main``; a ``UserError`` becomes a clear message and exit status 1."""
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        status = main(args)
+    except UserError as err:
+        log.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return int(status or 0)

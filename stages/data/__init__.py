@@ -1,0 +1,1 @@
+"""Manifests, audio loading, batching and the demo corpus."""
