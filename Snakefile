@@ -1,0 +1,23 @@
+# audio-opd: on-policy distillation of a compact ASR model from a stronger teacher.
+# The rules only wire paths and config values into the stage CLIs (`python -m stages.<name>`);
+# every stage runs on its own too. See README.md and config/README.md.
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

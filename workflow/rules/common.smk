@@ -1,0 +1,63 @@
+# Paths and config lookups shared by every rule file.
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+OUT = config["output_dir"]
+DEMO = config["demo"]["enabled"]
+PRESETS = list(config["presets"])
+# Manifests the pipeline reads: training data, the teacher-data pool, and one per eval preset.
+TRAINING_MANIFESTS = ["train", "td_pool"]
+MANIFESTS = TRAINING_MANIFESTS + PRESETS
+ENV = "../../envs/audio-opd.yaml"
+
+
+wildcard_constraints:
+    name="|".join(MANIFESTS),
+
+
+def configured_manifest(name):
+    """The user's manifest path for `name` (real-data mode), with a clear error when missing."""
+    if name in config["presets"]:
+        path, where = (
+            config["presets"][name].get("manifest"),
+            f"presets.{name}.manifest",
+        )
+    else:
+        path, where = config["manifests"].get(name), f"manifests.{name}"
+    if not path:
+        raise WorkflowError(
+            f"config: {where} is not set. Give a manifest path there, or set demo.enabled: true "
+            "to use the synthesized demo corpus."
+        )
+    return path
+
+
+def raw_manifest(wildcards):
+    """The manifest a `validate` job reads: the demo's synthesized one or the user's."""
+    if DEMO:
+        return f"{OUT}/demo/manifests/{wildcards.name}.jsonl"
+    return configured_manifest(wildcards.name)
+
+
+def validated(name):
+    return f"{OUT}/data/{name}.jsonl"
+
+
+def validate_options(wildcards):
+    name = wildcards.name
+    limit = "max_seconds_train" if name in TRAINING_MANIFESTS else "max_seconds_eval"
+    options = [
+        f"--on-error {config['validate']['on_error']}",
+        f"--min-seconds {config['validate']['min_seconds']}",
+        f"--max-seconds {config['validate'][limit]}",
+        # The teacher-data pool is transcribed by the teacher; its references are optional.
+        "--no-require-text" if name == "td_pool" else "--require-text",
+    ]
+    return " ".join(options)
+
+
+def all_targets():
+    targets = [validated(name) for name in MANIFESTS]
+    targets += [f"{OUT}/data/{name}.report.md" for name in MANIFESTS]
+    return targets
