@@ -52,6 +52,13 @@ def dumps_row(row: Any) -> str:
     return json.dumps(row, ensure_ascii=False)
 
 
+def _default_file_mode() -> int:
+    """The mode a plain open() would give a new file (mkstemp alone gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
@@ -59,6 +66,7 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _default_file_mode())
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle

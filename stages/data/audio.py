@@ -28,23 +28,35 @@ class Segment:
         return (self.stop - self.start) / self.sample_rate
 
 
+class SegmentError(ValueError):
+    """A segment that does not fit its file.
+
+    ``kind`` says why, so callers need not parse the message: ``"out_of_range"`` (a bound at or
+    past the end of the file) or ``"empty"`` (the range holds no frames).
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def segment_frames(frames: int, sample_rate: int, begin: float = -1, end: float = -1) -> Segment:
     """Frame range of [begin, end) seconds; a negative bound means the file's start or end.
 
-    Raises ValueError for an empty or inverted range or bounds past the end of the file; the
-    validate stage maps those messages to its reason codes.
+    Raises SegmentError (a ValueError) for an empty or inverted range or bounds past the end of
+    the file; the validate stage maps its ``kind`` to a reason code.
     """
     start = 0 if begin is None or begin < 0 else round(begin * sample_rate)
     stop = frames if end is None or end < 0 else round(end * sample_rate)
     if start >= frames:
-        raise ValueError(f"segment starts at {start / sample_rate:.3f}s, past the end of the "
-                         f"file ({frames / sample_rate:.3f}s)")
+        raise SegmentError(f"segment starts at {start / sample_rate:.3f}s, past the end of the "
+                           f"file ({frames / sample_rate:.3f}s)", "out_of_range")
     if stop > frames:
-        raise ValueError(f"segment ends at {stop / sample_rate:.3f}s, past the end of the "
-                         f"file ({frames / sample_rate:.3f}s)")
+        raise SegmentError(f"segment ends at {stop / sample_rate:.3f}s, past the end of the "
+                           f"file ({frames / sample_rate:.3f}s)", "out_of_range")
     if stop <= start:
-        raise ValueError(f"segment end {stop / sample_rate:.3f}s is not after its begin "
-                         f"{start / sample_rate:.3f}s")
+        raise SegmentError(f"segment end {stop / sample_rate:.3f}s is not after its begin "
+                           f"{start / sample_rate:.3f}s", "empty")
     return Segment(start, stop, sample_rate)
 
 

@@ -1,4 +1,5 @@
 # Paths and config lookups shared by every rule file.
+import json
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -44,16 +45,43 @@ def validated(name):
     return f"{OUT}/data/{name}.jsonl"
 
 
-def validate_options(wildcards):
+# Model folders (Hugging Face format) by role. Demo: built by the DAG. Real: the config's paths.
+# OPD recipes name the student they start from: `base` (the student base) or `td_adapted`
+# (the base after SFT on teacher transcripts).
+def teacher_model():
+    return f"{OUT}/models/teacher" if DEMO else config["models"]["teacher"]
+
+
+def student_base_model():
+    return f"{OUT}/models/student_base" if DEMO else config["models"]["student_base"]
+
+
+def student_td_model():
+    return f"{OUT}/models/student_td_adapted"
+
+
+def recipe_student(recipe):
+    return student_base_model() if recipe == "base" else student_td_model()
+
+
+def opd_model(recipe):
+    return f"{OUT}/models/opd_{recipe}"
+
+
+def validate_options(wildcards, output):
     name = wildcards.name
     limit = "max_seconds_train" if name in TRAINING_MANIFESTS else "max_seconds_eval"
+    on_error = config["validate"]["on_error"]
     options = [
-        f"--on-error {config['validate']['on_error']}",
+        f"--on-error {on_error}",
         f"--min-seconds {config['validate']['min_seconds']}",
         f"--max-seconds {config['validate'][limit]}",
         # The teacher-data pool is transcribed by the teacher; its references are optional.
         "--no-require-text" if name == "td_pool" else "--require-text",
     ]
+    if on_error == "quarantine":
+        rejects = Path(output.manifest).with_suffix(".rejects.jsonl")
+        options.append(f"--rejects {rejects}")
     return " ".join(options)
 
 

@@ -16,8 +16,7 @@ rule validate:
     threads: config["validate"]["workers"]
     params:
         options=validate_options,
-        rejects=f"{OUT}/data/{{name}}.rejects.jsonl",
     shell:
         "python -m stages.validate --input {input} --output {output.manifest}"
-        " --report {output.report} --rejects {params.rejects} {params.options}"
+        " --report {output.report} {params.options}"
         " --workers {threads} 2> {log}"

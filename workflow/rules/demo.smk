@@ -10,6 +10,7 @@ rule synth_demo:
             split=list(config["demo"]["sizes"]),
         ),
         wavs=directory(f"{OUT}/demo/wavs"),
+        details=directory(f"{OUT}/demo/details"),
         corpus=f"{OUT}/demo/corpus.json",
     log:
         f"{OUT}/logs/synth_demo.log",
@@ -25,3 +26,25 @@ rule synth_demo:
         "python -m stages.synth_demo --output-dir {params.out_dir} --seed {params.seed}"
         " --sizes {params.sizes} --train-languages {params.languages}"
         " --workers {threads} 2> {log}"
+
+
+rule tiny_models:
+    input:
+        train=f"{OUT}/data/train.jsonl",
+        td_pool=f"{OUT}/data/td_pool.jsonl",
+    output:
+        tokenizer=directory(f"{OUT}/models/tiny/tokenizer"),
+        teacher=directory(f"{OUT}/models/tiny/teacher_init"),
+        student=directory(f"{OUT}/models/tiny/student_init"),
+        summary=f"{OUT}/models/tiny/tiny_models.json",
+    log:
+        f"{OUT}/logs/tiny_models.log",
+    conda:
+        ENV
+    params:
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
+        spec=json.dumps(config["tiny_models"]["spec"]),
+        seed=config["tiny_models"]["seed"],
+    shell:
+        "python -m stages.tiny_models --manifests {input.train} {input.td_pool}"
+        " --output-dir {params.out_dir} --spec '{params.spec}' --seed {params.seed} 2> {log}"
