@@ -1,0 +1,471 @@
+"""The one interface the pipeline uses to talk to a speech-recognition model.
+
+An adapter wraps a transformers model and its processor and gives every stage the same four
+operations on a batch of 16 kHz clips: batched decoding with a blocked-token set, teacher-forced
+scoring at the response positions only, SFT inputs with assistant-only labels, and response
+encode/decode. Families (one subclass each) only say how a prompt and a response look.
+
+Batch layout, shared by decoding, scoring and SFT so the three see identical token positions:
+every clip's prompt is built alone (processor call per clip, so a clip's features never depend on
+its batch), prompts are left-padded to one length P, responses follow from column P on and are
+right-padded. Position ids follow the attention mask exactly as ``generate`` builds them.
+Nothing here assumes a vocabulary size or a special-token id: all come from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import jinja2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoProcessor,
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+)
+
+from stages.common.errors import UserError
+from stages.data.audio import TARGET_SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+# Processor outputs that belong to the text side; every other tensor is an audio input.
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
+# Auto classes tried in order: the audio-LLM families register as seq2seq LMs in transformers
+# (not causal LMs); remote-code checkpoints often register only a causal LM.
+_MODEL_LOADERS = (AutoModelForSeq2SeqLM, AutoModelForCausalLM)
+IGNORE_INDEX = -100
+
+
+def load_model_and_processor(path_or_id: str, *, device: str | torch.device = "cpu",
+                             dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Load a checkpoint with the Auto classes (local dir or hub id), in eval mode on ``device``."""
+    errors = []
+    model = None
+    for loader in _MODEL_LOADERS:
+        try:
+            model = loader.from_pretrained(path_or_id, dtype=dtype,
+                                           trust_remote_code=trust_remote_code)
+            break
+        except ValueError as err:  # "Unrecognized configuration class" for this Auto class
+            errors.append(f"{loader.__name__}: {err}")
+        except OSError as err:
+            raise UserError(f"{path_or_id}: cannot load the model ({err}); give a model folder "
+                            "or hub id that holds config.json and weights") from err
+    if model is None:
+        raise UserError(f"{path_or_id}: no Auto class can load this model as a text generator "
+                        f"({'; '.join(errors)}); set trust_remote_code if it ships its own code")
+    try:
+        processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path_or_id}: cannot load the processor ({err}); the folder needs the "
+                        "processor, feature-extractor and tokenizer files") from err
+    return model.to(device).eval(), processor
+
+
+@dataclass
+class PromptBatch:
+    """Model inputs for a padded batch plus the geometry the callers need."""
+
+    inputs: dict[str, torch.Tensor]
+    prompt_length: int  # P: the padded prompt length; responses start at this column
+
+
+class BlockTokens(LogitsProcessor):
+    """Give blocked ids a logit of -inf so they can never be chosen."""
+
+    def __init__(self, blocked: torch.Tensor) -> None:
+        self.blocked = blocked
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        blocked = self.blocked.to(scores.device)
+        return scores.index_fill(-1, blocked, float("-inf"))
+
+
+class GumbelSample(LogitsProcessor):
+    """Turn greedy decoding into exact sampling from softmax(logits / temperature).
+
+    argmax(logits / T - log E) with E ~ Exp(1) is a sample of the softmax (the Gumbel-max trick);
+    doing it here lets a caller's ``torch.Generator`` drive the randomness, which ``generate``'s
+    own multinomial sampling cannot take. Blocked ids stay at -inf.
+    """
+
+    def __init__(self, temperature: float, generator: torch.Generator | None) -> None:
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0 for sampling, got {temperature}")
+        self.temperature = temperature
+        self.generator = generator
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        noise = torch.empty_like(scores, dtype=torch.float32).exponential_(generator=self.generator)
+        return scores.float() / self.temperature - noise.log()
+
+
+def collate_audio(per_clip: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Join each clip's audio tensors along dim 0, zero-padding the other dims to the largest.
+
+    Dim 0 holds a clip's items (one feature matrix, or one per fixed-size window): concatenation
+    keeps them in clip order, which is the order the model scatters audio embeddings into the
+    placeholder tokens. Zero padding is masked by the feature masks the processors return.
+    """
+    out = {}
+    for key in per_clip[0]:
+        tensors = [clip[key] for clip in per_clip]
+        shape = [max(t.shape[d] for t in tensors) for d in range(tensors[0].dim())]
+        padded = []
+        for t in tensors:
+            pad = []
+            for d in reversed(range(1, t.dim())):
+                pad += [0, shape[d] - t.shape[d]]
+            padded.append(F.pad(t, pad) if any(pad) else t)
+        out[key] = torch.cat(padded, dim=0)
+    return out
+
+
+class AsrAdapter:
+    """One model family behind one interface (see the module docstring for the batch layout).
+
+    Attributes: ``model``, ``processor``, ``tokenizer``, ``stop_token_id`` (the id a response ends
+    with), ``pad_token_id``, ``blocked_token_ids`` (every special/control id except the stop
+    token, plus ids past the tokenizer when the logits are wider), ``vocab_size`` (logit width).
+    """
+
+    family: ClassVar[str] = ""
+
+    def __init__(self, model, processor, *, stop_token: str | None = None) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", None)
+        if self.tokenizer is None:
+            raise UserError(f"{self._name}: the processor has no tokenizer")
+        extractor = getattr(processor, "feature_extractor", None)
+        rate = getattr(extractor, "sampling_rate", TARGET_SAMPLE_RATE)
+        if rate != TARGET_SAMPLE_RATE:
+            raise UserError(f"{self._name}: the feature extractor expects {rate} Hz audio; the "
+                            f"pipeline feeds {TARGET_SAMPLE_RATE} Hz")
+        self.vocab_size = self._logit_width()
+        self.stop_token_id = self._resolve_stop_token(stop_token)
+        self.pad_token_id = self._resolve_pad_token()
+        self.blocked_token_ids = self._blocked_ids()
+        self._prompt_cache: dict[str | None, str] = {}
+
+    # ---- loading -------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path_or_id: str, *, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+             **options: Any) -> AsrAdapter:
+        model, processor = load_model_and_processor(
+            path_or_id, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return cls(model, processor, **options)
+
+    @property
+    def _name(self) -> str:
+        return str(getattr(self.model.config, "_name_or_path", "") or type(self.model).__name__)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def _logit_width(self) -> int:
+        head = self.model.get_output_embeddings()
+        width = getattr(head, "out_features", None)
+        if width is None:
+            width = self.model.config.get_text_config().vocab_size
+        return int(width)
+
+    def _eos_ids(self) -> list[int]:
+        """End-of-sequence ids the checkpoint declares (generation config first, then config)."""
+        ids: list[int] = []
+        sources = (getattr(self.model, "generation_config", None), self.model.config,
+                   self.model.config.get_text_config())
+        for source in sources:
+            value = getattr(source, "eos_token_id", None)
+            for i in [value] if isinstance(value, int) else list(value or []):
+                if i not in ids:
+                    ids.append(int(i))
+        return ids
+
+    def _resolve_stop_token(self, stop_token: str | None) -> int:
+        """The single id responses end with.
+
+        An explicit ``stop_token`` wins. Otherwise the chat template decides: the token it puts
+        right after an assistant message, when that token is one of the declared eos ids (Qwen's
+        ``<|im_end|>``). Templates that put nothing after the assistant turn (GLM-style) fall back
+        to the first declared eos id, then to the tokenizer's eos token.
+        """
+        if stop_token is not None:
+            ids = self.tokenizer.convert_tokens_to_ids([stop_token])
+            if not ids or ids[0] is None or ids[0] == self.tokenizer.unk_token_id:
+                raise UserError(f"{self._name}: stop token {stop_token!r} is not in the tokenizer")
+            return int(ids[0])
+        eos = self._eos_ids()
+        after = self._token_after_assistant_turn()
+        if after is not None and (after in eos or not eos):
+            return after
+        if eos:
+            return eos[0]
+        if self.tokenizer.eos_token_id is not None:
+            return int(self.tokenizer.eos_token_id)
+        raise UserError(f"{self._name}: cannot tell which token ends a response (no eos id in "
+                        "the generation config, config or tokenizer); pass stop_token")
+
+    def _token_after_assistant_turn(self) -> int | None:
+        marker = "Zq9marker"
+        chat = [{"role": "user", "content": [{"type": "text", "text": "hello"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": marker}]}]
+        try:
+            text = self.processor.apply_chat_template(chat, tokenize=False)
+        except (ValueError, TypeError, KeyError, AttributeError, jinja2.TemplateError) as err:
+            log.debug("chat template cannot render an assistant turn: %s", err)
+            return None
+        if isinstance(text, list):
+            text = text[0]
+        if marker not in text:
+            return None
+        tail = text.split(marker, 1)[1]
+        ids = self.tokenizer.encode(tail, add_special_tokens=False) if tail else []
+        return int(ids[0]) if ids else None
+
+    def _resolve_pad_token(self) -> int:
+        for value in (getattr(self.model.generation_config, "pad_token_id", None),
+                      self.tokenizer.pad_token_id,
+                      getattr(self.model.config, "pad_token_id", None)):
+            if isinstance(value, int):
+                return value
+        return self.stop_token_id  # pads are always masked, any id works
+
+    def _control_ids(self) -> set[int]:
+        """Ids the model must never emit: special added tokens, named specials, audio slots."""
+        ids = {i for i, tok in self.tokenizer.added_tokens_decoder.items() if tok.special}
+        ids.update(i for i in self.tokenizer.all_special_ids if i is not None)
+        for holder in (self.model.config, self.processor):
+            for name in ("audio_token_id", "audio_bos_token_id", "audio_eos_token_id",
+                         "image_token_id", "video_token_id"):
+                value = getattr(holder, name, None)
+                if isinstance(value, int):
+                    ids.add(value)
+        return ids
+
+    def _allowed_control_ids(self) -> set[int]:
+        """Control ids a family's responses legitimately contain (besides the stop token)."""
+        return set()
+
+    def _blocked_ids(self) -> torch.Tensor:
+        ids = self._control_ids() - self._allowed_control_ids() - {self.stop_token_id}
+        ids.update(range(len(self.tokenizer), self.vocab_size))
+        return torch.tensor(sorted(i for i in ids if 0 <= i < self.vocab_size), dtype=torch.long)
+
+    # ---- family hooks ----------------------------------------------------------------------------
+
+    def _render_prompt(self, audio: np.ndarray, language: str | None) -> str:
+        """The prompt text for one clip (audio placeholder unexpanded), ending where the
+        response starts."""
+        raise NotImplementedError
+
+    def _sft_prompt_language(self, language: str | None) -> str | None:
+        """The language to put in an SFT prompt (the assistant part may carry it instead)."""
+        return language
+
+    def _sft_assistant_prefix(self, language: str | None) -> str:
+        """Text that precedes the transcript in an SFT assistant turn."""
+        return ""
+
+    def response_language(self, ids: Sequence[int]) -> str | None:
+        """The language a generated response declares (ISO code), if the family has a header."""
+        return None
+
+    def _strip_header(self, ids: list[int]) -> list[int]:
+        return ids
+
+    # ---- responses ------------------------------------------------------------------------------
+
+    def encode_response(self, text: str) -> list[int]:
+        """Transcript tokens followed by the stop token: what a response looks like."""
+        return self.tokenizer.encode(text, add_special_tokens=False) + [self.stop_token_id]
+
+    def decode_response(self, ids: Sequence[int]) -> str:
+        """Transcript text of a response: cut at the stop token, drop a family header."""
+        ids = [int(i) for i in ids]
+        if self.stop_token_id in ids:
+            ids = ids[: ids.index(self.stop_token_id)]
+        ids = self._strip_header(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+    # ---- batching -------------------------------------------------------------------------------
+
+    def _prompt_text(self, audio: np.ndarray, language: str | None) -> str:
+        # The rendered text does not depend on the clip (its placeholder is expanded later).
+        if language not in self._prompt_cache:
+            self._prompt_cache[language] = self._render_prompt(audio, language)
+        return self._prompt_cache[language]
+
+    def _encode_clip(self, audio: np.ndarray, language: str | None
+                     ) -> tuple[list[int], dict[str, torch.Tensor]]:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 1 or audio.size == 0:
+            raise ValueError(f"expected a non-empty mono clip, got shape {audio.shape}")
+        out = self.processor(text=[self._prompt_text(audio, language)], audio=[audio],
+                             return_tensors="pt")
+        keep = out["attention_mask"][0].bool() if "attention_mask" in out else slice(None)
+        prompt = out["input_ids"][0][keep].tolist()
+        unused = set(getattr(self.processor, "unused_input_names", None) or ())
+        audio_inputs = {k: v for k, v in out.items()
+                        if k not in _TEXT_KEYS and k not in unused and torch.is_tensor(v)}
+        return prompt, audio_inputs
+
+    def build_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
+                    responses: Sequence[Sequence[int]] | None = None) -> PromptBatch:
+        """Left-padded prompts, then right-padded ``responses`` (if given), plus audio inputs."""
+        if len(audios) != len(languages):
+            raise ValueError(f"{len(audios)} clips but {len(languages)} languages")
+        if responses is not None and len(responses) != len(audios):
+            raise ValueError(f"{len(audios)} clips but {len(responses)} responses")
+        encoded = [self._encode_clip(a, lang) for a, lang in zip(audios, languages, strict=True)]
+        prompts = [p for p, _ in encoded]
+        responses = [list(r) for r in responses] if responses is not None else [[]] * len(prompts)
+        for row, response in enumerate(responses):
+            if response and not 0 <= min(response) <= max(response) < self.vocab_size:
+                raise ValueError(f"response {row} holds ids outside [0, {self.vocab_size})")
+        width = max(map(len, prompts))
+        total = width + max(map(len, responses))
+        input_ids = torch.full((len(prompts), total), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), total), dtype=torch.long)
+        for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            start = width - len(prompt)
+            input_ids[row, start:width] = torch.tensor(prompt, dtype=torch.long)
+            input_ids[row, width:width + len(response)] = torch.tensor(response, dtype=torch.long)
+            mask[row, start:width + len(response)] = 1
+        # Same rule as GenerationMixin._prepare_position_ids_for_generation.
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        audio_inputs = collate_audio([a for _, a in encoded])
+        float_dtype = self.model.dtype
+        for key, value in audio_inputs.items():
+            inputs[key] = value.to(float_dtype) if value.is_floating_point() else value
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        return PromptBatch(inputs=inputs, prompt_length=width)
+
+    # ---- decoding -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _decoding_mode(self) -> Iterator[None]:
+        """Decode with the model's plain distribution, in eval mode.
+
+        ``generate`` fills every option left unset from the checkpoint's generation config, so a
+        shipped repetition penalty, suppress list or top-k would silently change rollouts; the
+        checkpoint's config is swapped for an empty one while decoding. Eval mode keeps dropout
+        out of rollouts taken in the middle of training; both are restored afterwards.
+        """
+        saved, training = self.model.generation_config, self.model.training
+        self.model.generation_config = GenerationConfig()
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.generation_config = saved
+            self.model.train(training)
+
+    @torch.no_grad()
+    def generate(self, audios: Sequence[np.ndarray], languages: Sequence[str | None], *,
+                 max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
+                 synced_gpus: bool = False, generator: torch.Generator | None = None,
+                 output_logits: bool = False):
+        """Batched decoding; each row's response ids up to and including the stop token.
+
+        Rows that never stop end after ``max_new_tokens`` ids without it. Blocked ids get -inf
+        logits. ``do_sample`` draws from softmax(logits / temperature) with ``generator`` (on the
+        model's device). Under FSDP pass ``synced_gpus=True`` so all ranks step together.
+        With ``output_logits`` also returns the raw logits [B, T, V] (fp32) that chose each id.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        batch = self.build_batch(audios, languages)
+        processors = LogitsProcessorList([BlockTokens(self.blocked_token_ids)])
+        if do_sample:
+            processors.append(GumbelSample(temperature, generator))
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=self.stop_token_id, pad_token_id=self.pad_token_id,
+            return_dict_in_generate=True, output_logits=output_logits)
+        inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
+        with self._decoding_mode():
+            out = self.model.generate(**inputs, generation_config=config,
+                                      logits_processor=processors, synced_gpus=synced_gpus)
+        new = out.sequences[:, batch.prompt_length:].tolist()
+        responses = []
+        for row in new:
+            if self.stop_token_id in row:
+                row = row[: row.index(self.stop_token_id) + 1]
+            responses.append(row)
+        if output_logits:
+            return responses, torch.stack(out.logits, dim=1).float()
+        return responses
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    def response_logits(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
+                        responses: Sequence[Sequence[int]], *, mask_blocked: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits at the response positions only.
+
+        Returns fp32 logits [B, R, V] where [b, j] predicts ``responses[b][j]``, and a bool mask
+        [B, R]. The LM head runs on R positions per row, never on the whole sequence. Gradients
+        flow when called under grad. ``mask_blocked`` sets the blocked ids to -inf, i.e. scores
+        under the same distribution decoding samples from.
+        """
+        lengths = [len(r) for r in responses]
+        longest = max(lengths, default=0)
+        mask = torch.zeros((len(responses), longest), dtype=torch.bool)
+        for row, n in enumerate(lengths):
+            mask[row, :n] = True
+        mask = mask.to(self.device)
+        if longest == 0:
+            return torch.zeros((len(responses), 0, self.vocab_size), device=self.device), mask
+        # The last response id is never an input: position P-1+j predicts response id j.
+        batch = self.build_batch(audios, languages, [list(r)[:-1] for r in responses])
+        logits = self._logits_at_tail(batch.inputs, longest).float()
+        if mask_blocked:
+            logits = logits.index_fill(-1, self.blocked_token_ids.to(logits.device),
+                                       float("-inf"))
+        return logits, mask
+
+    def _logits_at_tail(self, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            return self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
+        # Remote-code models without logits_to_keep: cut the LM head's input to the tail.
+        head = self.model.get_output_embeddings()
+        handle = head.register_forward_pre_hook(
+            lambda _module, args: (args[0][:, -keep:], *args[1:]))
+        try:
+            return self.model(**inputs, use_cache=False).logits
+        finally:
+            handle.remove()
+
+    # ---- supervised fine-tuning -----------------------------------------------------------------
+
+    def sft_inputs(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
+                   texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Model inputs plus ``labels``: -100 except on the assistant tokens (stop included)."""
+        if len(texts) != len(audios):
+            raise ValueError(f"{len(audios)} clips but {len(texts)} transcripts")
+        targets = [self.tokenizer.encode(self._sft_assistant_prefix(lang) + text,
+                                         add_special_tokens=False) + [self.stop_token_id]
+                   for lang, text in zip(languages, texts, strict=True)]
+        prompt_languages = [self._sft_prompt_language(lang) for lang in languages]
+        batch = self.build_batch(audios, prompt_languages, targets)
+        labels = torch.full_like(batch.inputs["input_ids"], IGNORE_INDEX)
+        width = batch.prompt_length
+        for row, target in enumerate(targets):
+            labels[row, width:width + len(target)] = torch.tensor(target, dtype=torch.long)
+        return {**batch.inputs, "labels": labels}
