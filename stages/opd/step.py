@@ -1,0 +1,278 @@
+"""One OPD step on a batch, forward part (DESIGN §5): rollout, teacher, student, loss.
+
+API for the training and calibration stages::
+
+    cfg = OpdConfig(top_k=32, max_new_tokens=64)
+    prepare_teacher(teacher)                       # eval mode, no parameter needs a gradient
+    loss_sum, positions, stats = opd_step(student, teacher, vocab_map, batch, cfg)
+    # trainer: backward on loss_sum, normalize by the positions summed over ranks and
+    # micro-batches (stages/train/loop.py does both); stats follow stages.train.metrics naming.
+
+    out = opd_forward(..., compute_grad=False)     # calibration: also returns the rollout,
+    out.rollout.responses, out.teacher_languages   # the teacher languages and the row masks
+
+``student`` and ``teacher`` are :class:`~stages.models.base.AsrAdapter` s; the student's model may
+be FSDP2-sharded (``fully_shard`` wraps it in place, the adapter keeps working). ``vocab_map``
+maps student ids to teacher ids (:class:`~stages.opd.vocab.VocabMap`). ``batch`` is an
+:class:`~stages.data.batching.AudioBatch`; its manifest languages go to the student's prompt and,
+when set, to the teacher's.
+
+What happens, in order:
+
+1. rollout (:mod:`stages.opd.rollout`): the student decodes the batch without gradients and the
+   rows are cleaned; the supervised positions are a prefix of each response;
+2. teacher language per row (:mod:`stages.opd.language`): manifest, else detected from the
+   decoded rollout text, else ``cfg.fallback_language``;
+3. teacher scoring without gradients: the response is mapped to teacher ids. An id without a
+   teacher counterpart is sent to the teacher as its pad id, so the teacher's predictions *after*
+   it condition on a wrong prefix: those positions are dropped from the loss (the position that
+   predicts the unmapped id itself has a correct prefix and stays; the unmapped id is -inf on the
+   teacher side and simply not in the valid union). Counted as ``unmapped_tokens`` (ids) and
+   ``unmapped_masked_positions``. The teacher's logits at the kept positions are turned into
+   log-probabilities in fp32 over the teacher's *full* vocabulary first and only then gathered into
+   the student vocabulary (student-blocked ids -inf), so teacher values are always normalized
+   log-probabilities;
+4. student scoring with gradients (unless ``compute_grad=False``): logits at response positions,
+   with the student's blocked ids set to -inf (the distribution decoding draws from);
+5. loss: :func:`stages.opd.loss.union_topk_kl` with ``reduction="sum"`` over the kept positions.
+   ``positions`` is the number of *used* positions (≥ 2 valid union ids), the unit the trainer
+   normalizes by. With no used position the loss is an exact zero still connected to the student's
+   logits, so backward (and its FSDP collectives) runs on every rank.
+
+Every rank must call this in lock-step: the rollout syncs its decoding steps across ranks
+(``synced_gpus``, default on when more than one rank runs) and each model runs exactly one
+scoring forward per call, whatever the rollout (a response always holds at least one id).
+
+Stats (floats, named for ``stages.train.metrics``): ``vuss_sum``/``vuss_count`` and the same
+value under the reference recipe's name ``opd_valid_topk_mean_sum``/``_count``;
+``teacher_mass_sum``/``_count``; ``top1_agree_sum``/``_count``; ``kl_sum``/``kl_count`` (mean KL
+without τ²); ``used_fraction_sum``/``_count`` (used / scored positions); ``positions_scored``,
+``positions_used``; from the rollout ``rollout_len_sum``/``_count``, ``rollout_len_max``,
+``stopped_sum``/``_count``, ``nonempty_sum``/``_count``, ``tokens``, ``rows``; ``unmapped_tokens``,
+``unmapped_masked_positions``; ``lang_<code>`` and ``lang_source_{manifest,detected,fallback}``;
+and seconds ``time_rollout``, ``time_teacher``, ``time_student``, ``time_loss`` (CUDA is
+synchronized before each clock read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from stages.common.errors import UserError
+from stages.data.batching import AudioBatch
+from stages.models.base import AsrAdapter
+from stages.opd.language import LanguageChoice, choose_languages
+from stages.opd.loss import union_topk_kl
+from stages.opd.rollout import Rollout, rollout
+from stages.opd.vocab import VocabMap
+
+
+@dataclass(frozen=True)
+class OpdConfig:
+    """Settings of the OPD step.
+
+    ``top_k``/``temperature``: the union top-k KL's k and τ. ``max_new_tokens``: rollout cap.
+    ``keep_stop_token``: supervise the stop position (see :mod:`stages.opd.rollout`).
+    ``do_sample``/``sample_temperature``: sampled instead of greedy rollouts.
+    ``fallback_language``: teacher language of a row whose language is neither in the manifest
+    nor detectable. ``latin_language``: the language Latin-script rollouts are detected as.
+    ``reshard_during_decode``: re-gather a sharded student on every decoding step (less memory,
+    slower) instead of once per rollout (:func:`stages.opd.rollout.gathered`).
+    """
+
+    top_k: int = 32
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    keep_stop_token: bool = True
+    do_sample: bool = False
+    sample_temperature: float = 1.0
+    fallback_language: str = "en"
+    latin_language: str = "en"
+    reshard_during_decode: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+            problems.append(f"top_k must be a positive integer, got {self.top_k!r}")
+        if not 0 < self.temperature < float("inf"):
+            problems.append(f"temperature must be > 0, got {self.temperature!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        if not 0 < self.sample_temperature < float("inf"):
+            problems.append(f"sample_temperature must be > 0, got {self.sample_temperature!r}")
+        for name in ("fallback_language", "latin_language"):
+            if not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                problems.append(f"{name} must be a language code such as 'en'")
+        if problems:
+            raise UserError("OPD settings: " + "; ".join(problems))
+
+
+@dataclass
+class OpdOutput:
+    """Everything :func:`opd_forward` computed; :func:`opd_step` returns the first three."""
+
+    loss_sum: Tensor
+    positions: int
+    stats: dict[str, float]
+    rollout: Rollout
+    teacher_languages: LanguageChoice
+    scored_mask: Tensor  # bool [B, R]: positions given to the loss (supervised, not after unmapped)
+
+
+def prepare_teacher(teacher: AsrAdapter) -> AsrAdapter:
+    """Freeze the teacher: eval mode (no dropout) and no parameter requires a gradient."""
+    teacher.model.eval()
+    teacher.model.requires_grad_(False)
+    return teacher
+
+
+class _Clock:
+    """Wall-clock phases; synchronizes CUDA first so asynchronous kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self) -> float:
+        now = self._now()
+        spent, self.last = now - self.last, now
+        return spent
+
+
+def map_to_teacher(vocab_map: VocabMap, responses: Sequence[Sequence[int]], fill_id: int
+                   ) -> tuple[list[list[int]], list[int], list[int | None]]:
+    """Teacher ids of each response, unmapped ids replaced by ``fill_id``.
+
+    Returns ``(teacher_responses, unmapped counts per row, index of each row's first unmapped id
+    or None)``.
+    """
+    lengths = [len(r) for r in responses]
+    width = max(lengths, default=0)
+    ids = torch.zeros((len(responses), width), dtype=torch.long)
+    for row, response in enumerate(responses):
+        ids[row, : len(response)] = torch.as_tensor(list(response), dtype=torch.long)
+    mapped, unmapped = vocab_map.to_teacher_ids(ids, fill_id)
+    real = torch.arange(width)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
+    unmapped = unmapped.cpu() & real
+    mapped = mapped.cpu()
+    teacher_responses = [mapped[row, :n].tolist() for row, n in enumerate(lengths)]
+    counts = unmapped.sum(-1).tolist()
+    first = [int(row.nonzero()[0, 0]) if c else None for row, c in zip(unmapped, counts,
+                                                                         strict=True)]
+    return teacher_responses, counts, first
+
+
+def teacher_logprobs(teacher: AsrAdapter, vocab_map: VocabMap, audios: Sequence[np.ndarray],
+                     languages: Sequence[str | None], teacher_responses: Sequence[Sequence[int]],
+                     mask: Tensor, *, blocked_student_ids: Tensor | None) -> Tensor:
+    """Teacher log-probabilities [N, student width] at the N positions where ``mask`` [B, R] is
+    True (row-major order), fp32, normalized over the teacher's full vocabulary before mapping."""
+    with torch.no_grad():
+        logits, _ = teacher.response_logits(audios, languages, teacher_responses)
+        selected = logits[mask.to(logits.device)]
+        del logits
+        logprobs = torch.log_softmax(selected.float(), dim=-1)
+        return vocab_map.teacher_to_student_logprobs(logprobs,
+                                                     blocked_student_ids=blocked_student_ids)
+
+
+def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
+                batch: AudioBatch, cfg: OpdConfig, *, synced_gpus: bool | None = None,
+                generator: torch.Generator | None = None, compute_grad: bool = True
+                ) -> OpdOutput:
+    """The OPD step's forward part with everything it computed (see the module docstring)."""
+    if len(batch) == 0:
+        raise ValueError("opd_forward: empty batch")
+    device = student.device
+    clock = _Clock(device)
+    stats: dict[str, float] = {}
+
+    roll = rollout(student, batch.audios, batch.languages, max_new_tokens=cfg.max_new_tokens,
+                   keep_stop_token=cfg.keep_stop_token, do_sample=cfg.do_sample,
+                   temperature=cfg.sample_temperature, generator=generator,
+                   synced_gpus=synced_gpus, reshard_during_decode=cfg.reshard_during_decode)
+    stats.update(roll.stats())
+    stats["time_rollout"] = clock.lap()
+
+    choice = choose_languages(batch.languages,
+                              [student.decode_response(r) for r in roll.responses],
+                              fallback=cfg.fallback_language, latin_language=cfg.latin_language)
+    stats.update(choice.stats())
+    teacher_responses, unmapped, first_unmapped = map_to_teacher(
+        vocab_map, roll.responses, teacher.pad_token_id)
+    width = max(roll.lengths)
+    supervised = roll.supervised_mask(width)
+    scored = supervised.clone()
+    for row, first in enumerate(first_unmapped):
+        if first is not None:
+            scored[row, first + 1:] = False
+    stats["unmapped_tokens"] = sum(unmapped)
+    stats["unmapped_masked_positions"] = int((supervised & ~scored).sum())
+    stats["positions_scored"] = int(scored.sum())
+    scored = scored.to(device)
+    if teacher.model.training:
+        teacher.model.eval()
+    target = teacher_logprobs(teacher, vocab_map, batch.audios, choice.languages,
+                              teacher_responses, scored,
+                              blocked_student_ids=student.blocked_token_ids)
+    stats["time_teacher"] = clock.lap()
+
+    grad_mode = contextlib.nullcontext() if compute_grad else torch.no_grad()
+    with grad_mode:
+        logits, _ = student.response_logits(batch.audios, batch.languages, roll.responses)
+        stats["time_student"] = clock.lap()
+        # Blocked ids are -inf on the student side too: both distributions are the ones
+        # decoding draws from, the student's top-k never wastes a union slot on an id it cannot
+        # emit, and top-1 agreement compares the teacher's choice with the student's greedy one.
+        # In place on the gathered copy: no second [N, V] tensor (indexing keeps no output for
+        # backward).
+        selected = logits[scored]
+        selected.index_fill_(-1, student.blocked_token_ids.to(selected.device), float("-inf"))
+        # With no used position (none scored, or none with 2 valid ids) this is an exact zero
+        # that is still connected to ``logits`` (through the indexing above), so backward
+        # reaches every parameter the forward used and its FSDP collectives match the other
+        # ranks'.
+        loss_sum, loss_stats = union_topk_kl(selected, target.to(selected.device),
+                                             top_k=cfg.top_k, temperature=cfg.temperature,
+                                             reduction="sum")
+    positions = int(loss_stats["positions"])
+    vuss = float(loss_stats["vuss_sum"])
+    stats.update({
+        "positions_used": positions,
+        "vuss_sum": vuss, "vuss_count": positions,
+        "opd_valid_topk_mean_sum": vuss, "opd_valid_topk_mean_count": positions,
+        "teacher_mass_sum": float(loss_stats["teacher_mass_sum"]),
+        "teacher_mass_count": positions,
+        "top1_agree_sum": float(loss_stats["top1_agree_count"]), "top1_agree_count": positions,
+        "kl_sum": float(loss_stats["kl_sum"]), "kl_count": positions,
+        "used_fraction_sum": positions, "used_fraction_count": stats["positions_scored"],
+    })
+    stats["time_loss"] = clock.lap()
+    return OpdOutput(loss_sum, positions, stats, roll, choice, scored)
+
+
+def opd_step(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap, batch: AudioBatch,
+             cfg: OpdConfig, *, synced_gpus: bool | None = None,
+             generator: torch.Generator | None = None, compute_grad: bool = True
+             ) -> tuple[Tensor, int, dict[str, float]]:
+    """``(loss_sum, used positions, stats)`` for one batch; see the module docstring.
+
+    ``compute_grad=False`` (calibration) scores the student under ``no_grad``: no graph is built
+    and ``loss_sum`` does not require a gradient. ``synced_gpus``: None = on when several ranks
+    run. ``generator``: drives sampled rollouts (``cfg.do_sample``).
+    """
+    out = opd_forward(student, teacher, vocab_map, batch, cfg, synced_gpus=synced_gpus,
+                      generator=generator, compute_grad=compute_grad)
+    return out.loss_sum, out.positions, out.stats
