@@ -412,3 +412,8 @@ def test_qwen_generated_header_is_parsed_and_stripped(teacher):
     assert teacher.decode_response(plain) == "Guten Tag"
     none_header = teacher.tokenizer.encode("language None<asr_text>", add_special_tokens=False)
     assert teacher.response_language(none_header) is None
+    # A marker that is not a leading header (a model repeating it after a forced header) is a
+    # control token: dropped, with the text on both sides kept.
+    repeated = teacher.tokenizer.encode("你好<asr_text>世界", add_special_tokens=False)
+    assert teacher.split_header(repeated)[0] is None
+    assert teacher.decode_response(repeated + [teacher.stop_token_id]) == "你好世界"

@@ -84,15 +84,21 @@ class Qwen3AsrAdapter(AsrAdapter):
         return self.header(language)
 
     def split_header(self, ids: Sequence[int]) -> tuple[str | None, list[int]]:
-        """(language name or None, ids after the header) of a generated response."""
+        """(language name or None, transcript ids) of a generated response.
+
+        Only a leading ``language X<asr_text>`` is a header. A header marker anywhere else (a
+        model that repeats it after a forced header) is a control token, not text: it is dropped
+        and the ids around it are kept, so no transcript text is lost.
+        """
         ids = [int(i) for i in ids]
-        if self.header_end_id not in ids:
-            return None, ids
-        cut = ids.index(self.header_end_id)
-        prefix = self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
-        keyword, _, value = prefix.partition(" ")
-        name = value.strip() if keyword.lower() == "language" else prefix
-        return (name or None), ids[cut + 1:]
+        name = None
+        if self.header_end_id in ids:
+            cut = ids.index(self.header_end_id)
+            prefix = self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+            keyword, _, value = prefix.partition(" ")
+            if keyword.lower() == "language" and value.strip() and " " not in value.strip():
+                name, ids = value.strip(), ids[cut + 1:]
+        return name, [i for i in ids if i != self.header_end_id]
 
     def _strip_header(self, ids: list[int]) -> list[int]:
         return self.split_header(ids)[1]
