@@ -1,0 +1,96 @@
+"""Supervised fine-tuning (SFT) of an ASR model on transcribed audio.
+
+Cross-entropy on the assistant tokens only (the transcript, the family's response header such as
+Qwen3-ASR's `language X<asr_text>`, and the stop token); the prompt and audio positions are never
+supervised. The loss of a step is the mean over every supervised token of the global batch. The
+model is trained with FSDP2 (fp32 master weights; bf16 compute on CUDA), AdamW (betas 0.9/0.95,
+no decay on norms, biases and embeddings), gradient clipping and warmup + cosine/constant lr.
+Used to bootstrap the demo's tiny teacher and student base, and to adapt the student to teacher
+transcripts (TD adaptation, --text-field).
+
+Inputs:
+  --model DIR        model folder (or cached hub id) to start from; loaded with its adapter
+  --train MANIFEST   validated manifest (python -m stages.validate); every row needs a non-empty
+                     --text-field; Qwen3-ASR models also need `language` (it is in their answer)
+Outputs under --output-dir:
+  checkpoints/step_XXXXXXXX/   DCP checkpoints (model, optimizer, schedule, data position, RNG)
+  metrics.jsonl                one row per step: loss (mean token CE), acc (token accuracy),
+                               tokens, grad_norm, lr, tokens_per_s, time_* (stages/train/loop.py)
+  tensorboard/                 the same metrics (unless --no-tensorboard)
+  train_summary.json           steps, first/final loss, export folder, settings, provenance;
+                               written when training completed
+  --export-dir HF_DIR          the trained model as a Hugging Face folder (safetensors, plus the
+                               base folder's processor, tokenizer, chat template, generation
+                               config), written only when training completed
+
+Resuming: --resume auto (default) continues the newest complete checkpoint of --output-dir
+when its settings match (a run killed at any moment loses at most --save-every steps); latest
+demands one; none refuses existing checkpoints; a step_XXXXXXXX path forces that one. Settings
+are every option except the loop length, saving, runtime and export ones, plus fingerprints
+(file sizes and times) of --model and --train; checkpoints of other settings are refused, or
+with --stale-checkpoints set-aside moved to checkpoints.stale-<hash>/ (the workflow does this).
+
+Several processes (one per GPU, or gloo on CPU): launch with torchrun; --batch-size stays the
+global batch.
+
+Examples:
+  python -m stages.sft --model results/models/tiny/teacher_init --train results/data/train.jsonl \\
+      --output-dir results/train/bootstrap_teacher --max-steps 300 --batch-size 8 --lr 2e-3 \\
+      --export-dir results/models/teacher
+  torchrun --nproc_per_node 8 -m stages.sft --model student_base --train td.jsonl \\
+      --text-field teacher_text --output-dir runs/td --max-steps 2000 --batch-size 320 --lr 1e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from stages.common.cli import parser, run_stage
+from stages.models import FAMILIES
+from stages.train.objectives import SftObjective
+from stages.train.session import (
+    StepHook,
+    TrainingSession,
+    add_training_arguments,
+    require_languages,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--model", required=True, help="model folder or cached hub id to train")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="adapter family (default: from the config's model_type)")
+    p.add_argument("--text-field", default="text",
+                   help="manifest field with the target transcript (default text)")
+    add_training_arguments(p, lr=1e-4, warmup_steps=100)
+    return p
+
+
+def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
+    """Train and export; returns the summary. ``hooks`` run after every step (tests use them)."""
+    session = TrainingSession.start(args, stage="sft",
+                                    inputs={"model": args.model, "train": args.train})
+    try:
+        utterances = session.read_data(text_field=args.text_field)
+        adapter = session.load_trainee(args.model, family=args.family)
+        if adapter.family == "qwen3_asr":
+            require_languages(utterances, args.train, "Qwen3-ASR answers start with "
+                              "`language X<asr_text>`, so fine-tuning needs every row's language")
+        objective = SftObjective(adapter, text_field=args.text_field)
+        return session.train(adapter, objective, utterances, base_model=args.model, hooks=hooks,
+                             extra_summary={"utterances": len(utterances),
+                                            "text_field": args.text_field})
+    finally:
+        session.close()
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

@@ -1,0 +1,364 @@
+"""The training stages: stages.sft, stages.calibrate, stages.train_opd (and hf_save, session).
+
+A module fixture synthesizes a small speech corpus (espeak-ng, 16 clips in 3 languages),
+validates it and builds very small demo models. In-process runs cover SFT (resume, learning,
+export), calibration (a sane pair passes, an unmappable teacher fails) and train_opd's
+calibration gate; the slow tests run train_opd in subprocesses: 2 ranks (torchrun, gloo) against
+1 rank, and a SIGKILL mid-training followed by a bitwise-identical resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from transformers import AutoModelForSeq2SeqLM, AutoProcessor
+
+from stages import calibrate, sft, train_opd
+from stages.common.cli import run_stage
+from stages.data.demo_corpus import SPLITS, build_corpus
+from stages.data.validation import Settings, validate_manifest
+from stages.models import load_adapter
+from stages.models.tiny import build_tiny_models
+from stages.train import latest_checkpoint, load_model_weights
+
+ROOT = Path(__file__).resolve().parents[1]
+KILL_DRIVER = Path(__file__).with_name("stage_kill_driver.py")
+SPEC = {
+    "vocab_size": 400, "vocab_multiple": 64, "chunk_seconds": 4,
+    "teacher": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
+                "intermediate_size": 128, "audio_hidden_size": 64, "audio_layers": 2,
+                "audio_heads": 4, "audio_ffn_size": 128, "audio_conv_channels": 16},
+    "student": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
+                "intermediate_size": 128, "audio_hidden_size": 64, "audio_layers": 2,
+                "audio_heads": 4},
+}
+# Thresholds a random-weight pair meets (its rollouts never stop): the mechanics are tested.
+LENIENT = ["--min-stopped-ratio", "0", "--min-nonempty-ratio", "0", "--max-initial-loss", "1e6",
+           "--min-vuss", "2"]
+OPD_SMALL = ["--max-new-tokens", "6", "--top-k", "8"]
+LOOP = ["--threads", "1", "--no-tensorboard"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("train_stages")
+    sizes = {split: 0 for split in SPLITS} | {"train": 16}
+    build_corpus(root / "corpus", sizes, seed=7, train_languages=["en", "zh", "de"],
+                 progress=False)
+    train = root / "data" / "train.jsonl"
+    validate_manifest(root / "corpus" / "manifests" / "train.jsonl", train,
+                      root / "data" / "train.report.json",
+                      Settings(manifest_dir=str(root / "corpus" / "manifests")), progress=False)
+    build_tiny_models([train], root / "tiny", SPEC, seed=0)
+    return {"root": root, "train": train, "teacher": root / "tiny" / "teacher_init",
+            "student": root / "tiny" / "student_init"}
+
+
+def stage(module, argv: list) -> int:
+    return run_stage(module.main, module.build_parser(), [str(a) for a in argv])
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def checkpoint_tensors(ckpt: Path, scratch: Path) -> dict:
+    """Every entry of a DCP checkpoint (model and optimizer) as full tensors, flattened."""
+    target = scratch / f"{ckpt.parent.parent.name}_{ckpt.name}.pt"
+    dcp_to_torch_save(ckpt, target)
+    flat: dict = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}", inner)
+        else:
+            flat[prefix] = value
+
+    walk("", torch.load(target, weights_only=False))
+    return flat
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    assert any(".exp_avg_sq" in key for key in a)  # the optimizer state is compared too
+    for key in a:
+        if torch.is_tensor(a[key]):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def sft_args(demo, out: Path, *extra) -> list:
+    return ["--model", demo["student"], "--train", demo["train"], "--output-dir", out,
+            "--batch-size", 4, "--lr", 3e-3, "--warmup-steps", 1, "--schedule", "constant",
+            *LOOP, *extra]
+
+
+# ---- SFT ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sft_runs(demo) -> dict[str, Path]:
+    """An uninterrupted 4-step SFT run (exported), and one stopped after 2 and resumed."""
+    root = demo["root"] / "sft"
+    full, split = root / "full", root / "split"
+    assert stage(sft, sft_args(demo, full, "--max-steps", 4, "--save-every", 2,
+                               "--export-dir", root / "export")) == 0
+    assert stage(sft, sft_args(demo, split, "--max-steps", 2, "--save-every", 1)) == 0
+    assert stage(sft, sft_args(demo, split, "--max-steps", 4, "--save-every", 2,
+                               "--resume", "latest")) == 0
+    return {"full": full, "split": split, "export": root / "export"}
+
+
+def test_sft_resume_latest_continues_bitwise(sft_runs, tmp_path):
+    full, split = metric_rows(sft_runs["full"]), metric_rows(sft_runs["split"])
+    assert [r["step"] for r in split] == [1, 2, 3, 4]
+    assert [r["loss"] for r in split] == [r["loss"] for r in full]
+    assert all(r["tokens"] > 0 and r["acc"] is not None for r in full)
+    summary = json.loads((sft_runs["split"] / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["steps_this_run"] == 2
+    assert summary["resumed_from"].endswith("step_00000002")
+    assert summary["final_loss"] == split[-1]["loss"]
+    assert summary["export_dir"] is None and "provenance" in summary
+    assert_identical(checkpoint_tensors(sft_runs["full"] / "checkpoints" / "step_00000004",
+                                        tmp_path),
+                     checkpoint_tensors(sft_runs["split"] / "checkpoints" / "step_00000004",
+                                        tmp_path))
+
+
+def test_sft_refuses_or_sets_aside_checkpoints_of_other_settings(demo, sft_runs, tmp_path,
+                                                                  capsys):
+    assert stage(sft, sft_args(demo, sft_runs["split"], "--max-steps", 5, "--lr", 1e-3)) == 1
+    assert "written with other settings" in capsys.readouterr().err
+
+    out = tmp_path / "run"
+    assert stage(sft, sft_args(demo, out, "--max-steps", 1)) == 0
+    assert stage(sft, sft_args(demo, out, "--max-steps", 1, "--lr", 1e-3,
+                               "--stale-checkpoints", "set-aside")) == 0
+    aside = list(tmp_path.glob("run/checkpoints.stale-*"))
+    assert len(aside) == 1 and (aside[0] / "step_00000001").is_dir()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] is None and summary["steps_this_run"] == 1
+    assert [r["step"] for r in metric_rows(out)] == [1]  # the stale run's rows are gone
+
+
+def test_sft_loss_decreases_on_tiny_overfit_set(demo, tmp_path):
+    rows = [json.loads(line) for line in demo["train"].read_text().splitlines()][:4]
+    small = tmp_path / "four.jsonl"
+    small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    out = tmp_path / "overfit"
+    assert stage(sft, ["--model", demo["student"], "--train", small, "--output-dir", out,
+                       "--batch-size", 4, "--lr", 1e-2, "--warmup-steps", 2, "--max-steps", 30,
+                       "--schedule", "constant", "--save-every", 30, *LOOP]) == 0
+    rows = metric_rows(out)
+    losses = [r["loss"] for r in rows]
+    assert np.mean(losses[-3:]) < 0.4 * np.mean(losses[:3]), losses
+    assert rows[-1]["acc"] >= rows[0]["acc"] + 0.4, [r["acc"] for r in rows]
+
+
+def test_sft_export_reloads_with_auto_classes_and_same_logits(demo, sft_runs):
+    export = sft_runs["export"]
+    base = demo["student"]
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
+                 "processor_config.json", "generation_config.json"):
+        assert (export / name).read_bytes() == (base / name).read_bytes(), name
+    assert (export / "model.safetensors").is_file()
+    assert not list(export.parent.glob(".export*"))  # no staging folder left behind
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(export).eval()
+    processor = AutoProcessor.from_pretrained(export)
+    trained = load_adapter(str(base))
+    load_model_weights(sft_runs["full"] / "checkpoints" / "step_00000004", trained.model)
+    initial = load_adapter(str(base))
+    exported = type(trained)(model, processor)
+
+    rng = np.random.default_rng(0)
+    clips = [0.1 * rng.standard_normal(16000 * s).astype(np.float32) for s in (1, 2)]
+    responses = [trained.encode_response("hello world"), trained.encode_response("你好")]
+    with torch.no_grad():
+        got, mask = exported.response_logits(clips, [None, None], responses)
+        want, _ = trained.response_logits(clips, [None, None], responses)
+        before, _ = initial.response_logits(clips, [None, None], responses)
+    assert torch.equal(got[mask], want[mask])
+    assert not torch.allclose(got[mask], before[mask])  # training did change the weights
+
+
+# ---- calibration ----------------------------------------------------------------------------
+
+def calibrate_args(demo, output: Path, teacher: Path, *extra) -> list:
+    return ["--student", demo["student"], "--teacher", teacher, "--train", demo["train"],
+            "--output", output, "--batches", 2, "--batch-size", 4, "--threads", 1,
+            *OPD_SMALL, *extra]
+
+
+@pytest.fixture(scope="module")
+def calibration(demo) -> Path:
+    output = demo["root"] / "calibrate" / "calibration.json"
+    assert stage(calibrate, calibrate_args(demo, output, demo["teacher"], *LENIENT)) == 0
+    return output
+
+
+def test_calibration_passes_on_a_sane_pair(calibration):
+    report = json.loads(calibration.read_text())
+    assert report["passed"] is True and report["failed"] == []
+    names = {c["name"] for c in report["checks"]}
+    assert names == {"vocab_coverage", "loss_finite", "nonempty_ratio", "stopped_ratio",
+                     "unmapped_fraction", "initial_loss", "vuss"}
+    metrics = report["metrics"]
+    assert metrics["rows"] == 8 and metrics["positions"] > 0
+    assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+    assert metrics["vuss"] == metrics["opd_valid_topk_mean"] >= 8  # the union holds k ids
+    assert metrics["unmapped_tokens"] == 0
+    assert sum(metrics["languages"].values()) == 8
+    assert metrics["language_sources"]["manifest"] == 8
+    assert report["vocabulary"]["in_play_fraction"] == 1.0
+    assert report["thresholds"]["min_stopped_ratio"] == 0
+    assert len(report["timings"]["batch_seconds"]) == 2
+    assert report["opd"]["top_k"] == 8 and "provenance" in report
+    assert not calibration.with_name("calibration.failed.json").exists()
+
+
+def test_calibration_default_thresholds_fail_a_random_student(demo, tmp_path, capsys):
+    output = tmp_path / "calibration.json"
+    output.write_text("{}")  # stale file from an earlier run: must not survive a failure
+    assert stage(calibrate, calibrate_args(demo, output, demo["teacher"])) == 1
+    err = capsys.readouterr().err
+    assert "stopped_ratio" in err and "calibration.failed.json" in err
+    assert not output.exists()
+    report = json.loads((tmp_path / "calibration.failed.json").read_text())
+    assert report["passed"] is False and "stopped_ratio" in report["failed"]
+
+
+def test_calibration_fails_on_an_unmappable_teacher(demo, tmp_path, capsys):
+    # A teacher with its own tokenizer: byte-level BPE trained on other text, so most of the
+    # student's merged tokens have no counterpart.
+    other = tmp_path / "other_corpus.jsonl"
+    other.write_text("".join(json.dumps({"audio": "x.wav", "text": t}) + "\n" for t in
+                             ["zzqx vvkj", "qqq www eee", "xyzzy plugh"] * 3))
+    build_tiny_models([other], tmp_path / "other", SPEC | {"vocab_size": 290}, seed=3)
+    output = tmp_path / "calibration.json"
+    assert stage(calibrate, calibrate_args(demo, output, tmp_path / "other" / "teacher_init",
+                                           *LENIENT)) == 1
+    err = capsys.readouterr().err
+    assert "vocab_coverage" in err and "do not share enough tokens" in err
+    assert not output.exists()
+    report = json.loads((tmp_path / "calibration.failed.json").read_text())
+    assert report["failed"] == ["vocab_coverage"]
+    assert report["vocabulary"]["in_play_fraction"] < 0.95
+    assert report["metrics"] == {}  # the forward passes are skipped
+
+
+# ---- train_opd ------------------------------------------------------------------------------
+
+def opd_args(demo, calibration: Path, out: Path, *extra) -> list:
+    return ["--student", demo["student"], "--teacher", demo["teacher"], "--train", demo["train"],
+            "--calibration", calibration, "--output-dir", out, "--batch-size", 4,
+            "--lr", 1e-3, "--warmup-steps", 1, *OPD_SMALL, *LOOP, *extra]
+
+
+def test_train_opd_refuses_missing_failed_or_foreign_calibration(demo, calibration, tmp_path,
+                                                                 capsys):
+    out = tmp_path / "opd"
+    assert stage(train_opd, opd_args(demo, tmp_path / "none.json", out, "--max-steps", 1)) == 1
+    assert "no calibration report" in capsys.readouterr().err
+
+    failed = json.loads(calibration.read_text()) | {"passed": False, "failed": ["vuss"]}
+    (tmp_path / "calibration.failed.json").write_text(json.dumps(failed))
+    (tmp_path / "calibration.json").unlink(missing_ok=True)
+    assert stage(train_opd, opd_args(demo, tmp_path / "calibration.json", out,
+                                     "--max-steps", 1)) == 1
+    assert "calibration ran and failed" in capsys.readouterr().err
+    assert stage(train_opd, opd_args(demo, tmp_path / "calibration.failed.json", out,
+                                     "--max-steps", 1)) == 1
+    assert "did not pass (failed: vuss)" in capsys.readouterr().err
+
+    args = opd_args(demo, calibration, out, "--max-steps", 1)
+    args[args.index("--student") + 1] = demo["teacher"]
+    assert stage(train_opd, args) == 1
+    assert "calibrate this pair first" in capsys.readouterr().err
+    assert not out.exists()  # nothing started
+
+
+def launch(command: list, *, ranks: int = 1) -> subprocess.CompletedProcess:
+    command = [str(c) for c in command]
+    if ranks > 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc_per_node={ranks}", *command]
+    else:
+        command = [sys.executable, *command]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
+                          cwd=ROOT)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_train_opd_two_ranks_match_one_rank(demo, calibration, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--max-steps", 3, "--save-every", 3]
+    ok(launch(["-m", "stages.train_opd", *opd_args(demo, calibration, one, *common,
+                                                   "--export-dir", tmp_path / "model")]))
+    ok(launch(["-m", "stages.train_opd", *opd_args(demo, calibration, two, *common)], ranks=2))
+    single, double = metric_rows(one), metric_rows(two)
+    assert [r["step"] for r in single] == [r["step"] for r in double] == [1, 2, 3]
+    for a, b in zip(single, double, strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], abs=1e-5)
+        for key in ("units", "positions_used", "rows", "tokens", "lr", "lang_en", "lang_zh"):
+            assert a.get(key) == b.get(key), key
+        assert a["vuss"] == pytest.approx(b["vuss"], abs=1e-5)
+    assert single[0]["rows"] == 4 and single[0]["positions_used"] > 0
+    for key in ("opd_valid_topk_mean", "top1_agree", "teacher_mass", "stopped", "nonempty",
+                "rollout_len", "unmapped_tokens", "time_rollout", "time_teacher",
+                "time_student", "time_loss", "time_backward", "time_optimizer"):
+        assert key in single[0], key
+    summary = json.loads((one / "train_summary.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"] == 3
+    assert summary["calibration_loss"] is not None
+    assert json.loads((two / "train_summary.json").read_text())["world_size"] == 2
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_train_opd_sigkill_resumes_bitwise(demo, calibration, tmp_path):
+    # Sampled rollouts: the resumed run must also draw the same samples.
+    common = ["--max-steps", 5, "--save-every", 2, "--sample"]
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    ok(launch(["-m", "stages.train_opd", *opd_args(demo, calibration, reference, *common)]))
+    proc = launch([KILL_DRIVER, "train_opd", "--kill-after-step", 3, "--",
+                   *opd_args(demo, calibration, killed, *common)])
+    assert proc.returncode == -signal.SIGKILL
+    assert latest_checkpoint(killed / "checkpoints") == killed / "checkpoints" / "step_00000002"
+    assert [r["step"] for r in metric_rows(killed)] == [1, 2, 3]
+    assert not (killed / "train_summary.json").exists()
+
+    ok(launch(["-m", "stages.train_opd",
+               *opd_args(demo, calibration, killed, *common, "--resume", "latest")]))
+    final, expected = metric_rows(killed), metric_rows(reference)
+    assert [r["step"] for r in final] == [1, 2, 3, 4, 5]
+    for a, b in zip(expected, final, strict=True):
+        for key in ("loss", "grad_norm", "lr", "units", "tokens", "rollout_len"):
+            assert a[key] == b[key], (a["step"], key)
+    assert_identical(checkpoint_tensors(reference / "checkpoints" / "step_00000005", tmp_path),
+                     checkpoint_tensors(killed / "checkpoints" / "step_00000005", tmp_path))
