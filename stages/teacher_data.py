@@ -1,0 +1,309 @@
+"""teacher_data: transcribe one shard of the teacher-data (TD) pool with the teacher, then filter.
+
+The teacher greedily transcribes the validated pool (python -m stages.validate --no-require-text)
+in duration-sorted batches; batch k of the whole pool belongs to shard k mod --num-shards, so
+shards are balanced and a clip's output does not depend on the number of shards (merging the
+shards with stages.td_merge gives the same manifest as one shard). A manifest `language` is
+forced into the teacher's prompt (Qwen3-ASR `language X<asr_text>` header); without one the
+teacher writes the header and the detected language is recorded.
+
+Input: --input, a validated TD-pool manifest; `text`, when present, is the reference.
+
+Outputs (each written atomically when the shard is done):
+  --output   kept rows, in pool order: every input field, with
+               text                   the teacher's transcript (header dropped)
+               reference_text         the pool row's `text`, when it had one
+               teacher_text_raw       the raw decoded response (incl. a generated header)
+               language               the manifest's, else the detected one (null: unknown)
+               language_source        manifest | detected | none
+               teacher_mean_logprob   mean log-prob of the generated tokens (header, text and
+                                      stop token; fp32 log-softmax over the decoding
+                                      distribution, blocked tokens excluded)
+               teacher_tokens         generated tokens (stop token included)
+               teacher_stopped        false: cut at --max-new-tokens
+               teacher_error_rate     vs the reference (rows with one): CER or WER, normalized
+  --rejects  dropped rows: the same fields plus reason (first failed filter), reasons (all) and
+             details (what each filter found)
+  --report   JSON: counts (additive: rows, seconds, dropped_by_reason, failed_by_filter,
+             repetition checks, language sources, per-language rows/seconds/errors, teacher
+             error counts before and after filtering, timing) and summary (derived: hours,
+             kept fraction, corpus CER over zh/yue/ja/ko and WER over other rows with a
+             reference, before and after filtering, audio seconds per second), settings, pool
+             checksum, teacher, provenance.
+
+Filters (in this order; python -c "import stages.td.filters as f; help(f)" for details):
+  empty            empty transcript
+  unfinished       no stop token within --max-new-tokens
+  repetition       an n-gram (n <= --max-repeat-ngram units) repeated more than --max-repeats
+                   times in a row; a character run over --max-char-run; zlib compression ratio
+                   over --max-compression-ratio; more spoken units per second than
+                   --max-units-per-second (units: characters for zh/yue/ja/ko, letters else)
+  low_logprob      teacher_mean_logprob below --min-mean-logprob
+  high_error_rate  rows with a reference: CER (zh normalizer; zh/yue/ja/ko) over --max-cer, WER
+                   (en normalizer for en, basic otherwise) over --max-wer
+--filters picks the ones that drop rows (default: all); the others are still counted.
+
+Restart safety: every finished batch is appended to OUTPUT.partial (raw teacher outputs, before
+filtering; fsynced). A killed shard rerun with the same command continues from there (a torn
+last line is tolerated); filters run at the end, so thresholds may change between the runs.
+A partial file from other settings (pool, shard, batch size, token cap, teacher, dtype) is
+moved aside to OUTPUT.partial.stale. The partial file is removed when the shard is complete.
+
+Options: --device auto picks cuda when available; --dtype auto is bfloat16 on cuda, float32 on
+cpu. Results depend on --batch-size (batch mates share padding); use one value for all shards.
+
+Example (shard 2 of 8):
+  python -m stages.teacher_data --teacher models/teacher --input results/data/td_pool.jsonl \\
+      --output results/td/shards/shard_2.jsonl --rejects results/td/shards/shard_2.rejects.jsonl \\
+      --report results/td/shards/shard_2.report.json --shard 2 --num-shards 8 --batch-size 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.common.cli import parser, run_stage
+from stages.common.errors import UserError
+from stages.common.jsonl import write_json, write_jsonl
+from stages.common.provenance import provenance
+from stages.data.audio import TARGET_SAMPLE_RATE
+from stages.data.batching import read_utterances
+from stages.models import FAMILIES, family_of, load_adapter
+from stages.td.filters import (
+    DEFAULT_MAX_UNITS_PER_SECOND,
+    FILTERS,
+    Candidate,
+    FilterSettings,
+    judge,
+)
+from stages.td.report import shard_counts, summarize
+from stages.td.transcribe import (
+    PartialLog,
+    file_sha256,
+    model_fingerprint,
+    shard_batches,
+    teacher_row,
+    transcribe_shard,
+)
+
+log = logging.getLogger("stages.teacher_data")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(__doc__)
+    p.add_argument("--teacher", required=True, help="teacher model folder or hub id")
+    p.add_argument("--input", required=True, help="validated TD-pool manifest (JSONL)")
+    p.add_argument("--output", required=True, help="kept rows of this shard (JSONL)")
+    p.add_argument("--rejects", required=True, help="dropped rows of this shard (JSONL)")
+    p.add_argument("--report", required=True, help="shard report (JSON)")
+    p.add_argument("--shard", type=int, default=0, help="this shard's index, from 0 (0)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of shards (1)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per batch (16)")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="response length cap in tokens (256)")
+    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                   help="adapter family (default: from the checkpoint's model_type)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow checkpoints that ship their own model code")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
+    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                   help="auto: bfloat16 on cuda, float32 on cpu (auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's own choice)")
+    f = p.add_argument_group("filters")
+    defaults = FilterSettings()
+    f.add_argument("--filters", nargs="*", choices=FILTERS, default=list(FILTERS),
+                   metavar="NAME", help=f"filters that drop rows, from {' '.join(FILTERS)} "
+                                        "(default: all; give none to keep every row)")
+    f.add_argument("--max-repeats", type=int, default=defaults.max_repeats,
+                   help="most back-to-back copies of an n-gram (%(default)s)")
+    f.add_argument("--max-repeat-ngram", type=int, default=defaults.max_repeat_ngram,
+                   help="longest n-gram checked for back-to-back repeats, in units "
+                        "(%(default)s)")
+    f.add_argument("--max-char-run", type=int, default=defaults.max_char_run,
+                   help="longest run of one non-space character (%(default)s)")
+    f.add_argument("--max-compression-ratio", type=float,
+                   default=defaults.max_compression_ratio,
+                   help="highest zlib compression ratio of a transcript (%(default)s)")
+    bounds = " ".join(f"{k}={v:g}" for k, v in DEFAULT_MAX_UNITS_PER_SECOND.items())
+    f.add_argument("--max-units-per-second", nargs="+", default=[], metavar="LANG=N",
+                   help=f"per-language bounds on spoken units per second, merged into the "
+                        f"defaults ({bounds}; `default` covers the unlisted languages)")
+    f.add_argument("--min-mean-logprob", type=float, default=defaults.min_mean_logprob,
+                   help="lowest teacher mean token log-prob (%(default)s)")
+    f.add_argument("--max-cer", type=float, default=defaults.max_cer,
+                   help="highest CER vs the reference, zh/yue/ja/ko (%(default)s)")
+    f.add_argument("--max-wer", type=float, default=defaults.max_wer,
+                   help="highest WER vs the reference, other languages (%(default)s)")
+    return p
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as err:
+        raise UserError(f"--device {spec!r}: not a device ({err}); use auto, cpu, cuda or "
+                        "cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {spec}: only cpu and cuda are supported")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def filter_settings(args: argparse.Namespace) -> FilterSettings:
+    bounds = dict(DEFAULT_MAX_UNITS_PER_SECOND)
+    for item in args.max_units_per_second:
+        lang, sep, value = item.partition("=")
+        try:
+            bounds[lang] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not lang or not bounds[lang] > 0:
+            raise UserError(f"--max-units-per-second: {item!r} is not LANG=N with N > 0; write "
+                            "e.g. zh=12 default=25")
+    try:
+        return FilterSettings(
+            enabled=tuple(args.filters), max_repeats=args.max_repeats,
+            max_repeat_ngram=args.max_repeat_ngram, max_char_run=args.max_char_run,
+            max_compression_ratio=args.max_compression_ratio, max_units_per_second=bounds,
+            min_mean_logprob=args.min_mean_logprob, max_cer=args.max_cer, max_wer=args.max_wer)
+    except ValueError as err:
+        raise UserError(f"filter options: {err}") from err
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.num_shards < 1 or not 0 <= args.shard < args.num_shards:
+        raise UserError(f"--shard {args.shard} --num-shards {args.num_shards}: need "
+                        "0 <= shard < num-shards")
+    for name in ("batch_size", "max_new_tokens"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    paths = {"--input": args.input, "--output": args.output, "--rejects": args.rejects,
+             "--report": args.report}
+    seen: dict[Path, str] = {}
+    for option, path in paths.items():
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UserError(f"{option} and {seen[resolved]} are the same file ({path})")
+        seen[resolved] = option
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    _check_args(args)
+    settings = filter_settings(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype_name = str(dtype).removeprefix("torch.")
+    # Outputs describe the last complete run only.
+    for path in (args.output, args.rejects, args.report):
+        Path(path).unlink(missing_ok=True)
+
+    pool = read_utterances(args.input, require_text=False)
+    ids = [u.id for u in pool]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"{args.input}: ids are not unique; validate the pool first "
+                        "(python -m stages.validate)")
+    batches = shard_batches(pool, args.batch_size, args.shard, args.num_shards)
+    mine = {u.id for b in batches for u in b}
+    utterances = [u for u in pool if u.id in mine]  # pool order
+    family = args.family or family_of(args.teacher, trust_remote_code=args.trust_remote_code)
+    generation = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+                  "dtype": dtype_name, "device_type": device.type}
+    header = {"pool_sha256": file_sha256(args.input), "shard": args.shard,
+              "num_shards": args.num_shards, "teacher": str(args.teacher),
+              "teacher_fingerprint": model_fingerprint(args.teacher), "family": family,
+              **generation}
+    log.info("shard %d of %d: %d clips in %d batches (pool: %d clips)", args.shard,
+             args.num_shards, len(utterances), len(batches), len(pool))
+
+    load_seconds = 0.0
+
+    def load_teacher():
+        nonlocal load_seconds
+        start = time.perf_counter()
+        log.info("loading teacher %s on %s (%s)", args.teacher, device, dtype_name)
+        adapter = load_adapter(args.teacher, family=family, device=device, dtype=dtype,
+                               trust_remote_code=args.trust_remote_code)
+        # Refuse a language the teacher cannot be prompted with before any batch runs.
+        probe = np.zeros(TARGET_SAMPLE_RATE, dtype=np.float32)
+        for language in sorted({u.language for u in utterances if u.language is not None}):
+            adapter.build_batch([probe], [language])
+        load_seconds = time.perf_counter() - start
+        return adapter
+
+    partial = PartialLog(f"{args.output}.partial", header)
+    run = transcribe_shard(load_teacher, batches, partial, max_new_tokens=args.max_new_tokens)
+
+    filter_start = time.perf_counter()
+    rows = [teacher_row(u, run.records[u.id]) for u in utterances]
+    candidates = [Candidate(text=row["text"], language=row["language"], duration=u.duration,
+                            mean_logprob=row["teacher_mean_logprob"],
+                            stopped=row["teacher_stopped"], reference=row.get("reference_text"))
+                  for u, row in zip(utterances, rows, strict=True)]
+    verdicts = judge(candidates, settings)
+    kept, rejected = [], []
+    for row, verdict in zip(rows, verdicts, strict=True):
+        if verdict.counts is not None:  # null for an empty normalized reference
+            rate = verdict.counts.rate
+            row["teacher_error_rate"] = None if rate is None else round(rate, 6)
+        if verdict.kept:
+            kept.append(row)
+        else:
+            rejected.append({**row, "reason": verdict.reasons[0], "reasons": verdict.reasons,
+                             "details": verdict.details})
+    counts = shard_counts(rows, verdicts)
+    counts["timing"].update(
+        batches=run.batches, batches_run=run.batches_run, transcribed_rows=run.rows_run,
+        resumed_rows=run.resumed_rows, transcribed_audio_seconds=run.audio_seconds_run,
+        transcribe_seconds=run.transcribe_seconds, load_seconds=load_seconds,
+        filter_seconds=time.perf_counter() - filter_start,
+        wall_seconds=time.perf_counter() - started)
+    report = {
+        "title": f"Teacher data, shard {args.shard} of {args.num_shards}",
+        "shards": {"index": args.shard, "count": args.num_shards},
+        "pool": {"path": str(args.input), "sha256": header["pool_sha256"], "rows": len(pool),
+                 "shard_rows": len(utterances)},
+        "teacher": {"path": str(args.teacher), "family": family,
+                    "fingerprint": header["teacher_fingerprint"]},
+        "settings": {"generation": generation, "filters": settings.as_dict()},
+        "counts": counts,
+        "summary": summarize(counts),
+        "outputs": {"output": str(args.output), "rejects": str(args.rejects)},
+    }
+    report["provenance"] = provenance({k: report[k] for k in ("shards", "pool", "teacher",
+                                                             "settings")})
+    write_jsonl(args.rejects, rejected)
+    write_jsonl(args.output, kept)
+    write_json(args.report, report)
+    partial.remove()
+    summary = report["summary"]
+    log.info("kept %d of %d clips (%.3f h); dropped by reason: %s; teacher error before/after "
+             "filtering: CER %s/%s, WER %s/%s; %s audio s/s -> %s", summary["kept"],
+             summary["rows"], summary["kept_hours"],
+             {k: v for k, v in summary["dropped_by_reason"].items() if v},
+             *(summary["teacher_error_rate"][s][m] for m in ("cer", "wer")
+               for s in ("before", "after")),
+             summary["audio_seconds_per_second"], args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stage(main, build_parser()))

@@ -1,0 +1,179 @@
+# Teacher data (TD): the teacher transcribes the validated td_pool in shards (one single-GPU job
+# each; a killed shard resumes from its .partial file), quality filters drop bad pseudo-labels,
+# td_merge gathers the shards in pool order; then the student base is fine-tuned on the result
+# (td_adapt), which starts the `td_adapted` OPD recipe.
+# (No `def` here: snakemake --lint wants functions and rules in separate files.)
+
+TD = config["teacher_data"]
+TD_ADAPT = config["td_adapt"]
+TD_SHARD_IDS = list(range(TD["shards"]))
+TD_DIR = f"{OUT}/td"
+# Every TD output (for `rule all`): the merged manifest, its report and the adapted student.
+TD_TARGETS = [
+    f"{TD_DIR}/td.jsonl",
+    f"{TD_DIR}/report.json",
+    f"{TD_DIR}/report.md",
+    student_td_model(),
+]
+# A folder (made by this DAG, or on disk) rather than a hub id: only folders are job inputs.
+td_local_model = lambda path: (
+    path.startswith(f"{OUT}/")
+    or path.startswith(".")
+    or Path(path).is_absolute()
+    or Path(path).exists()
+)
+TD_FILTER_OPTIONS = " ".join(
+    [
+        "--filters " + " ".join(TD["filters"]),
+        f"--max-repeats {TD['max_repeats']}",
+        f"--max-repeat-ngram {TD['max_repeat_ngram']}",
+        f"--max-char-run {TD['max_char_run']}",
+        f"--max-compression-ratio {TD['max_compression_ratio']}",
+        f"--min-mean-logprob {TD['min_mean_logprob']}",
+        f"--max-cer {TD['max_cer']}",
+        f"--max-wer {TD['max_wer']}",
+    ]
+    + (
+        [
+            "--max-units-per-second "
+            + " ".join(f"{k}={v}" for k, v in TD["max_units_per_second"].items())
+        ]
+        if TD.get("max_units_per_second")
+        else []
+    )
+)
+
+
+rule teacher_data:
+    input:
+        unpack(
+            lambda wildcards: {
+                "pool": validated("td_pool"),
+                **(
+                    {"teacher": teacher_model()}
+                    if td_local_model(teacher_model())
+                    else {}
+                ),
+            }
+        ),
+    output:
+        manifest=f"{TD_DIR}/shards/shard_{{shard}}.jsonl",
+        rejects=f"{TD_DIR}/shards/shard_{{shard}}.rejects.jsonl",
+        report=f"{TD_DIR}/shards/shard_{{shard}}.report.json",
+    log:
+        f"{OUT}/logs/teacher_data/shard_{{shard}}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        ENV
+    threads: TD["threads"]
+    resources:
+        gpu=1,
+    params:
+        teacher=teacher_model(),
+        family=(
+            f"--family {config['models']['teacher_family']}"
+            if config["models"]["teacher_family"]
+            else ""
+        ),
+        remote_code=(
+            "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
+        ),
+        num_shards=TD["shards"],
+        batch_size=TD["batch_size"],
+        max_new_tokens=TD["max_new_tokens"],
+        device=TD["device"],
+        dtype=TD["dtype"],
+        filters=TD_FILTER_OPTIONS,
+    shell:
+        "python -m stages.teacher_data --teacher {params.teacher} --input {input.pool}"
+        " --output {output.manifest} --rejects {output.rejects} --report {output.report}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards}"
+        " --batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens}"
+        " --device {params.device} --dtype {params.dtype} {params.family}"
+        " {params.remote_code} {params.filters} --threads {threads} 2> {log}"
+
+
+rule td_merge:
+    input:
+        pool=validated("td_pool"),
+        shards=expand(f"{TD_DIR}/shards/shard_{{i}}.jsonl", i=TD_SHARD_IDS),
+        rejects=expand(f"{TD_DIR}/shards/shard_{{i}}.rejects.jsonl", i=TD_SHARD_IDS),
+        reports=expand(f"{TD_DIR}/shards/shard_{{i}}.report.json", i=TD_SHARD_IDS),
+    output:
+        manifest=f"{TD_DIR}/td.jsonl",
+        rejects=f"{TD_DIR}/rejects.jsonl",
+        report=f"{TD_DIR}/report.json",
+        summary=f"{TD_DIR}/report.md",
+    log:
+        f"{OUT}/logs/td_merge.log",
+    conda:
+        ENV
+    shell:
+        "python -m stages.td_merge --shards {input.shards} --reports {input.reports}"
+        " --rejects {input.rejects} --order {input.pool} --output {output.manifest}"
+        " --rejects-output {output.rejects} --report {output.report} 2> {log}"
+
+
+rule td_adapt:
+    input:
+        unpack(
+            lambda wildcards: {
+                "train": f"{TD_DIR}/td.jsonl",
+                **(
+                    {"model": student_base_model()}
+                    if td_local_model(student_base_model())
+                    else {}
+                ),
+            }
+        ),
+    output:
+        model=directory(student_td_model()),
+        summary=f"{OUT}/train/td_adapt/train_summary.json",
+    log:
+        f"{OUT}/logs/td_adapt.log",
+    conda:
+        ENV
+    threads: TD_ADAPT["threads"]
+    resources:
+        gpu=TD_ADAPT["gpus"],
+    params:
+        launch=(
+            (
+                "python"
+                if TD_ADAPT["gpus"] == 1
+                else f"torchrun --standalone --nproc_per_node {TD_ADAPT['gpus']}"
+            )
+            if TD_ADAPT["launcher"] == "auto"
+            else TD_ADAPT["launcher"].format(gpus=TD_ADAPT["gpus"])
+        ),
+        model=student_base_model(),
+        family=(
+            f"--family {config['models']['student_family']}"
+            if config["models"]["student_family"]
+            else ""
+        ),
+        remote_code=(
+            "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
+        ),
+        out_dir=lambda wildcards, output: Path(output.summary).parent,
+        options=" ".join(
+            f"--{key.replace('_', '-')} {TD_ADAPT[key]}"
+            for key in (
+                "max_steps",
+                "batch_size",
+                "lr",
+                "warmup_steps",
+                "schedule",
+                "min_lr_ratio",
+                "weight_decay",
+                "save_every",
+                "seed",
+                "device",
+            )
+        ),
+    shell:
+        "{params.launch} -m stages.sft --model {params.model} --train {input.train}"
+        " --output-dir {params.out_dir} {params.options} {params.family}"
+        " {params.remote_code} --stale-checkpoints set-aside --threads {threads}"
+        " --export-dir {output.model} 2> {log}"
