@@ -1,0 +1,105 @@
+"""Report figures (PNG). Figures are built with matplotlib's object API (``Figure``, rendered by
+the Agg canvas): no display, no pyplot global state.
+
+Every function always writes its file, so a workflow can declare it as an output: without data
+the figure says so instead of being left out. Missing error-rate cells are marked on the axis
+("missing"), never drawn as zero-height bars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from stages.common.jsonl import atomic_writer
+from stages.eval.report import CURVES, ResultsTable, curve
+
+DPI = 120
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_writer(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=DPI)
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="gray")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def error_rates(table: ResultsTable, path: str | Path) -> None:
+    """Grouped bars: presets on the x axis, one bar per model; missing cells are labelled."""
+    width_per_group = max(1.0, 0.25 * len(table.models))
+    fig = Figure(figsize=(max(6.0, width_per_group * len(table.presets) + 2), 4.2))
+    ax = fig.subplots()
+    if not table.models or not table.presets:
+        _no_data(ax, "no evaluation results")
+        _save(fig, path)
+        return
+    x = np.arange(len(table.presets))
+    width = 0.8 / len(table.models)
+    top = max((v for v in (table.rate_percent(m, p) for m, _ in table.models
+                           for p in table.presets) if v is not None), default=1.0)
+    for index, (name, label) in enumerate(table.models):
+        offset = x - 0.4 + width * (index + 0.5)
+        values = [table.rate_percent(name, p) for p in table.presets]
+        present = [(o, v) for o, v in zip(offset, values, strict=True) if v is not None]
+        bars = ax.bar([o for o, _ in present], [v for _, v in present], width, label=label)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        for o, v in zip(offset, values, strict=True):
+            if v is None:
+                ax.text(o, 0.02 * top, "missing", rotation=90, ha="center", va="bottom",
+                        fontsize=7, color="red")
+    ax.set_xticks(x, [table.column(p) for p in table.presets])
+    ax.set_ylabel("error rate (%)")
+    ax.set_ylim(0, top * 1.18)
+    ax.set_title("Error rate per preset (lower is better)")
+    ax.legend(fontsize=8, ncols=min(4, len(table.models)))
+    _save(fig, path)
+
+
+def training_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path) -> None:
+    """Loss, VUSS, rollout length and top-1 agreement per step, one line per run."""
+    fig = Figure(figsize=(10, 6.5))
+    axes = fig.subplots(2, 2)
+    for ax, (title, keys) in zip(axes.flat, CURVES, strict=True):
+        drawn = False
+        for name, rows in runs.items():
+            steps, values = curve(rows, keys)
+            if steps:
+                ax.plot(steps, values, label=name, linewidth=1.2)
+                drawn = True
+        if drawn:
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        else:
+            ax.set_title(title)
+            _no_data(ax, "no training metrics" if not runs else f"no `{keys[0]}` logged")
+    _save(fig, path)
+
+
+def td_filters(td: Mapping[str, Any] | None, path: str | Path) -> None:
+    """Teacher transcripts kept and dropped, by the first filter that dropped them."""
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    if td is None:
+        _no_data(ax, "no teacher-data report")
+        _save(fig, path)
+        return
+    labels = ["kept", *(f"dropped: {r}" for r in td["dropped_by_reason"])]
+    counts = [int(td.get("kept") or 0), *(int(c) for c in td["dropped_by_reason"].values())]
+    colors = ["tab:green"] + ["tab:red"] * (len(labels) - 1)
+    bars = ax.barh(labels[::-1], counts[::-1], color=colors[::-1])
+    ax.bar_label(bars, fontsize=8, padding=2)
+    ax.set_xlabel("teacher transcripts")
+    ax.set_title(f"Teacher data: {td.get('kept')} of {td.get('rows')} kept")
+    ax.set_xlim(0, max(counts + [1]) * 1.15)
+    _save(fig, path)

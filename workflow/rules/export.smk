@@ -1,0 +1,70 @@
+# Export: the final checkpoint of each OPD run as a verified Hugging Face folder with a model card,
+# <output_dir>/models/opd_<recipe>/, the folder evaluation reads. The folder appears only after
+# the reload check passed: every checkpoint
+# tensor equal, and the same greedy responses and logits on a probe batch (the first preset's
+# first clips). (No `def` here: snakemake --lint wants functions and rules in separate files.)
+
+EXPORT = config["export"]
+EXPORT_RECIPES = config["opd"]["recipes"]
+# The verified export of a recipe's OPD run (a pattern with {recipe}).
+EXPORT_DIR = opd_model("{recipe}")
+# Every export (for `rule all`).
+EXPORT_TARGETS = expand(EXPORT_DIR, recipe=EXPORT_RECIPES)
+# A folder (made by this DAG, or on disk) rather than a hub id: only folders are job inputs.
+export_local_model = lambda path: (
+    path.startswith(f"{OUT}/")
+    or path.startswith(".")
+    or Path(path).is_absolute()
+    or Path(path).exists()
+)
+
+
+rule export:
+    input:
+        unpack(
+            lambda wildcards: {
+                "summary": f"{OUT}/train/opd_{wildcards.recipe}/train_summary.json",
+                "probe": validated(PRESETS[0]),
+                **(
+                    {"base": recipe_student(wildcards.recipe)}
+                    if export_local_model(recipe_student(wildcards.recipe))
+                    else {}
+                ),
+            }
+        ),
+    output:
+        directory(EXPORT_DIR),
+    log:
+        f"{OUT}/logs/export/opd_{{recipe}}.log",
+    wildcard_constraints:
+        recipe="|".join(EXPORT_RECIPES),
+    conda:
+        ENV
+    threads: EXPORT["threads"]
+    resources:
+        gpu=0 if EXPORT["device"] == "cpu" else 1,
+    params:
+        run_dir=lambda wildcards, input: Path(input.summary).parent,
+        base=lambda wildcards: recipe_student(wildcards.recipe),
+        options=" ".join(
+            [
+                f"--dtype {EXPORT['dtype']} --device {EXPORT['device']}",
+                f"--probe-clips {EXPORT['probe_clips']}",
+                f"--probe-max-new-tokens {EXPORT['probe_max_new_tokens']}",
+                (
+                    f"--tolerance {EXPORT['tolerance']}"
+                    if EXPORT["tolerance"] is not None
+                    else ""
+                ),
+                (
+                    f"--family {config['models']['student_family']}"
+                    if config["models"]["student_family"]
+                    else ""
+                ),
+                "--trust-remote-code" if config["models"]["trust_remote_code"] else "",
+            ]
+        ),
+    shell:
+        "python -m stages.export --checkpoint {params.run_dir} --base {params.base}"
+        " --output {output} --probe-manifest {input.probe} {params.options}"
+        " --threads {threads} 2> {log}"
