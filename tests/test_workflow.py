@@ -44,9 +44,14 @@ def planned_jobs(output: str) -> dict[str, int]:
 def test_dry_run_plans_demo_dag(venv_env):
     result = snakemake("-n", "--quiet", "rules", env=venv_env)
     jobs = planned_jobs(result.stdout + result.stderr)
-    # one validation job per manifest: train, td_pool and the five presets
-    assert jobs["synth_demo"] == 1
-    assert jobs["validate"] == 7
+    assert jobs == {
+        "synth_demo": 1, "validate": 7,  # one validation per manifest: train, td_pool, presets
+        "tiny_models": 1, "bootstrap_teacher": 1, "bootstrap_student": 1,
+        "teacher_data": 2, "td_merge": 1, "td_adapt": 1,  # two TD shards in the demo config
+        "calibrate": 2, "train_opd": 2, "export": 2,  # recipes base and td_adapted
+        "evaluate": 20,  # 4 models x 5 presets
+        "report": 1, "all": 1,
+    }
 
 
 def test_every_rule_has_log_and_env(venv_env):
@@ -78,7 +83,7 @@ def test_schema_rejects_bad_config(venv_env, tmp_path):
     assert "bleu" in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("missing", ["train", "aishell"])
+@pytest.mark.parametrize("missing", ["train", "aishell", "teacher"])
 def test_real_mode_requires_manifests(venv_env, tmp_path, missing):
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["demo"]["enabled"] = False
@@ -87,7 +92,11 @@ def test_real_mode_requires_manifests(venv_env, tmp_path, missing):
     config["manifests"] = {"train": str(manifest), "td_pool": str(manifest)}
     for preset in config["presets"].values():
         preset["manifest"] = str(manifest)
-    if missing == "train":
+    config["models"].update(teacher="org/teacher-model", student_base="org/student-model")
+    if missing == "teacher":
+        config["models"]["teacher"] = None
+        where = "models.teacher"
+    elif missing == "train":
         config["manifests"]["train"] = None
         where = "manifests.train"
     else:
@@ -97,4 +106,25 @@ def test_real_mode_requires_manifests(venv_env, tmp_path, missing):
     path.write_text(yaml.safe_dump(config))
     result = snakemake("-n", "--configfile", str(path), env=venv_env, check=False)
     assert result.returncode != 0
-    assert f"config: {where} is not set" in result.stdout + result.stderr
+    assert f"{where} is not set" in result.stdout + result.stderr
+
+
+def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
+    """The paper recipe validates and plans the real-model DAG once its manifests exist: no
+    demo rules, 8-GPU torchrun training, the teacher and student given as hub ids."""
+    recipe = yaml.safe_load((ROOT / "config" / "recipes" / "paper_ark_asr_0.6b.yaml").read_text())
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    recipe["manifests"] = {"train": str(manifest), "td_pool": str(manifest)}
+    for preset in recipe["presets"].values():
+        preset["manifest"] = str(manifest)
+    recipe["output_dir"] = str(tmp_path / "results")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = snakemake("-n", "--quiet", "rules", "--configfile", str(path), env=venv_env)
+    jobs = planned_jobs(result.stdout + result.stderr)
+    assert "synth_demo" not in jobs and "bootstrap_teacher" not in jobs
+    assert jobs["teacher_data"] == 16 and jobs["evaluate"] == 20 and jobs["train_opd"] == 2
+    shell = snakemake("-n", "-p", "--configfile", str(path), env=venv_env).stdout
+    assert "torchrun --nnodes $SLURM_NNODES --nproc_per_node 8" in shell
+    assert "--teacher Qwen/Qwen3-ASR-1.7B" in shell and "--top-k 32" in shell

@@ -1,0 +1,175 @@
+"""Time one real-size OPD step with random weights: phases, tokens/s and peak memory.
+
+The shapes follow the paper's setting: a GLM-ASR-style student with a Qwen2-0.5B-size language
+model (896 hidden, 24 layers, 14 heads, 2 KV heads, 4864 FFN) behind a Whisper-small-size encoder
+(768 hidden, 12 layers), a Qwen3-ASR-1.7B-size teacher (2048 hidden, 28 layers, 16 heads, 8 KV
+heads, 6144 FFN; 1024-wide 24-layer audio encoder), a 151,936-wide vocabulary, batch 40 of 10 s
+clips and 64 new tokens. The models are built with the same code as the demo's tiny models
+(stages.models.tiny) and used through the pipeline's adapters, FSDP2 wrapping (bf16 compute, fp32
+master weights and reduction for the student; frozen bf16 teacher, not sharded) and OPD step.
+
+Weights are random, so rollouts never stop and always run the full 64 tokens (the worst case).
+The tokenizer is the small demo BPE; ids past it are blocked exactly as a real checkpoint's unused
+embedding rows are, so every tensor has the full 151,936 width.
+
+    python benchmarks/bench_opd_step.py --json opd_step.json            # real size, needs CUDA
+    python benchmarks/bench_opd_step.py --small --batch 2 --steps 1     # CPU smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.data.batching import AudioBatch, Utterance
+from stages.data.sentences import LANGUAGES, generate_sentence
+from stages.models import load_adapter
+from stages.models.tiny import build_student, build_teacher, resolve_spec, save_dir, train_tokenizer
+from stages.opd.step import OpdConfig, opd_step, prepare_teacher
+from stages.train import OptimizerConfig, build_optimizer, init_distributed, shard_model
+from stages.train.objectives import build_vocab_map
+
+VOCAB = 151_936
+REAL_SPEC = {
+    "vocab_multiple": VOCAB, "num_mel_bins": 128, "chunk_seconds": 10, "max_positions": 4096,
+    "teacher": {"hidden_size": 2048, "layers": 28, "heads": 16, "kv_heads": 8,
+                "intermediate_size": 6144, "audio_hidden_size": 1024, "audio_layers": 24,
+                "audio_heads": 16, "audio_ffn_size": 4096, "audio_conv_channels": 480},
+    "student": {"hidden_size": 896, "layers": 24, "heads": 14, "kv_heads": 2,
+                "intermediate_size": 4864, "audio_hidden_size": 768, "audio_layers": 12,
+                "audio_heads": 12},
+}
+SMALL_SPEC = {"vocab_multiple": 4096, "num_mel_bins": 128, "chunk_seconds": 10,
+              "max_positions": 4096}
+
+
+def corpus_text(count: int = 2000) -> list[str]:
+    rng = np.random.default_rng(0)
+    return [generate_sentence(LANGUAGES[i % len(LANGUAGES)], rng).text for i in range(count)]
+
+
+def build_models(spec: dict, workdir: Path) -> tuple[Path, Path]:
+    tokenizer = train_tokenizer(corpus_text(), 1536)
+    teacher, teacher_processor = build_teacher(tokenizer, spec, seed=0)
+    save_dir(workdir / "teacher", teacher, teacher_processor)
+    del teacher
+    student, student_processor = build_student(tokenizer, spec, seed=1)
+    save_dir(workdir / "student", student, student_processor)
+    return workdir / "teacher", workdir / "student"
+
+
+def synthetic_batch(batch: int, seconds: float) -> AudioBatch:
+    rng = np.random.default_rng(1)
+    audios = [(0.05 * rng.standard_normal(int(16_000 * seconds))).astype(np.float32)
+              for _ in range(batch)]
+    languages = ["zh" if i % 2 == 0 else "en" for i in range(batch)]
+    utts = [Utterance(id=f"u{i}", audio="", duration=seconds, language=languages[i])
+            for i in range(batch)]
+    return AudioBatch(utts, audios)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=40)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
+    p.add_argument("--reshard-during-decode", action="store_true",
+                   help="re-gather the sharded student on every decoding step (old behaviour)")
+    p.add_argument("--small", action="store_true", help="tiny default sizes (CPU smoke check)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args()
+
+    env = init_distributed()
+    device = env.device
+    spec = resolve_spec(SMALL_SPEC if args.small else REAL_SPEC)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        teacher_dir, student_dir = build_models(spec, Path(tmp))
+        build_seconds = time.perf_counter() - t0
+        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        teacher = prepare_teacher(load_adapter(str(teacher_dir), device=device,
+                                               dtype=compute_dtype))
+        student = load_adapter(str(student_dir), device=device, dtype=torch.float32)
+    params = {"teacher": sum(p.numel() for p in teacher.model.parameters()),
+              "student": sum(p.numel() for p in student.model.parameters())}
+    print(f"built in {build_seconds:.0f} s; parameters: teacher {params['teacher'] / 1e9:.2f} B, "
+          f"student {params['student'] / 1e9:.3f} B", file=sys.stderr)
+    shard_model(student.model, env)
+    student.model.train()
+    optimizer = build_optimizer(student.model, OptimizerConfig(lr=1e-6, weight_decay=0.005))
+    vocab_map = build_vocab_map(student, teacher).to(device)
+    cfg = OpdConfig(top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+                    reshard_during_decode=args.reshard_during_decode)
+    batch = synthetic_batch(args.batch, args.seconds)
+
+    rows = []
+    for step in range(args.steps + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sync(device)
+        start = time.perf_counter()
+        loss_sum, positions, stats = opd_step(student, teacher, vocab_map, batch, cfg)
+        sync(device)
+        t_forward = time.perf_counter()
+        (loss_sum / max(positions, 1)).backward()
+        sync(device)
+        t_backward = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(student.model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        end = time.perf_counter()
+        row = {
+            "step": step,
+            "total_s": end - start,
+            "rollout_s": stats["time_rollout"],
+            "teacher_s": stats["time_teacher"],
+            "student_forward_s": stats["time_student"],
+            "loss_forward_s": stats["time_loss"],
+            "backward_s": t_backward - t_forward,
+            "optimizer_s": end - t_backward,
+            "response_tokens": stats["tokens"],
+            "tokens_per_s": stats["tokens"] / (end - start),
+            "positions": positions,
+            "vuss": stats["vuss_sum"] / max(stats["vuss_count"], 1),
+            "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30
+                                if device.type == "cuda" else None),
+        }
+        print(json.dumps(row), file=sys.stderr)
+        if step > 0:  # step 0 warms up kernels and the allocator
+            rows.append(row)
+
+    summary = {key: statistics.median(r[key] for r in rows)
+               for key in rows[0] if key != "step" and rows[0][key] is not None}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "batch": args.batch, "seconds": args.seconds, "max_new_tokens": args.max_new_tokens,
+        "top_k": args.top_k, "reshard_during_decode": args.reshard_during_decode,
+        "vocab": student.vocab_size, "parameters": params,
+        "median_of_steps": len(rows), "median": summary, "steps": rows,
+    }
+    print(json.dumps(result["median"], indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
