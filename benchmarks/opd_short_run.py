@@ -14,8 +14,8 @@ Run from the repository root:
     python -m benchmarks.opd_short_run
     python -m benchmarks.opd_short_run --utterances 24 --opd-steps 80 --json /tmp/opd.json
 
-tests/test_opd_step.py imports the helpers (corpus, models, SFT loop, OPD loop) and runs a
-reduced version.
+The pieces (corpus, models, SFT loop, OPD loop) are ``stages.opd.short_run``;
+tests/test_opd_step.py runs a reduced version with them.
 """
 
 from __future__ import annotations
@@ -30,141 +30,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 import jiwer
-import numpy as np
 import torch
 
-from stages.data.audio import resample
-from stages.data.batching import AudioBatch, Utterance
-from stages.data.espeak import Espeak, voice_name
-from stages.data.sentences import generate_sentence
+from stages.data.batching import AudioBatch
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
-from stages.models.tiny import build_tiny_models
-from stages.opd.step import OpdConfig, opd_step, prepare_teacher
-from stages.opd.vocab import VocabMap
-
-LANGUAGES = ("zh", "en", "ja", "ko", "de", "fr")
-# Small enough that SFT and OPD take seconds on one CPU thread.
-SPEC = {
-    "vocab_size": 600, "vocab_multiple": 64, "chunk_seconds": 4,
-    "teacher": {"hidden_size": 128, "layers": 2, "heads": 4, "kv_heads": 2,
-                "intermediate_size": 256, "audio_hidden_size": 128, "audio_layers": 2,
-                "audio_heads": 4, "audio_ffn_size": 256, "audio_conv_channels": 32},
-    "student": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
-                "intermediate_size": 128, "audio_hidden_size": 64, "audio_layers": 2,
-                "audio_heads": 4},
-}
-
-
-def synthesize_corpus(count: int, seed: int, languages: Sequence[str] = LANGUAGES
-                      ) -> list[Utterance]:
-    """``count`` espeak sentences cycling over ``languages``; each Utterance holds its 16 kHz
-    clip in ``row["samples"]`` (see :func:`batch_of`)."""
-    espeak = Espeak()
-    rng = np.random.default_rng(seed)
-    utterances = []
-    for index in range(count):
-        language = languages[index % len(languages)]
-        sentence = generate_sentence(language, rng)
-        samples, rate = espeak.synthesize(sentence.text, voice_name(language), seed=index)
-        audio = resample(samples, rate)
-        utterances.append(Utterance(
-            id=f"utt{index:03d}", audio=f"<espeak {language} {index}>",
-            duration=audio.size / 16000, text=sentence.text, language=language,
-            row={"samples": audio}))
-    return utterances
-
-
-def batch_of(utterances: Sequence[Utterance], *, keep_language: Sequence[bool] | None = None
-             ) -> AudioBatch:
-    """An AudioBatch of in-memory clips; ``keep_language`` False rows lose their manifest
-    language (as rows of a manifest without ``language``)."""
-    rows = []
-    for index, utt in enumerate(utterances):
-        keep = keep_language is None or keep_language[index]
-        rows.append(utt if keep else Utterance(utt.id, utt.audio, utt.duration, utt.text, None,
-                                               row=utt.row))
-    return AudioBatch(rows, [u.row["samples"] for u in utterances])
-
-
-def build_models(workdir: Path, texts: Sequence[str], seed: int = 0
-                 ) -> tuple[AsrAdapter, AsrAdapter, Path]:
-    """Tiny teacher and student (random init) trained on ``texts``' tokenizer; returns
-    ``(teacher, student, models_dir)``."""
-    manifest = workdir / "corpus.jsonl"
-    manifest.write_text("".join(json.dumps({"audio": "x.wav", "text": t}, ensure_ascii=False)
-                                + "\n" for t in texts), encoding="utf-8")
-    out = workdir / "models"
-    build_tiny_models([manifest], out, SPEC, seed=seed)
-    return (load_adapter(str(out / "teacher_init")), load_adapter(str(out / "student_init")),
-            out)
-
-
-def build_vocab_map(student: AsrAdapter, teacher: AsrAdapter) -> VocabMap:
-    return VocabMap.build(student.tokenizer, teacher.tokenizer,
-                          student_vocab_size=student.vocab_size,
-                          teacher_vocab_size=teacher.vocab_size,
-                          pairs={student.stop_token_id: teacher.stop_token_id})
-
-
-def sft(adapter: AsrAdapter, utterances: Sequence[Utterance], *, steps: int, lr: float,
-        batch_size: int, seed: int = 0) -> list[float]:
-    """Plain supervised fine-tuning (AdamW, shuffled mini-batches); returns the losses.
-    Leaves the model in eval mode."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(adapter.model.parameters(), lr=lr)
-    adapter.model.train()
-    losses = []
-    order: list[int] = []
-    for _ in range(steps):
-        if len(order) < batch_size:
-            order += torch.randperm(len(utterances), generator=generator).tolist()
-        picked = [utterances[i] for i in order[:batch_size]]
-        order = order[batch_size:]
-        inputs = adapter.sft_inputs([u.row["samples"] for u in picked],
-                                    [u.language for u in picked], [u.text for u in picked])
-        loss = adapter.model(**inputs).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    adapter.model.eval()
-    return losses
-
-
-def run_opd(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
-            batches: Sequence[AudioBatch], cfg: OpdConfig, *, steps: int, lr: float,
-            log=None) -> list[dict[str, float]]:
-    """``steps`` OPD steps with AdamW on the student, cycling over ``batches``; the loss is
-    normalized by the step's used positions (one rank, one micro-batch). Returns per-step rows:
-    ``loss`` (per used position), ``vuss``, ``teacher_mass``, ``top1_agree``, ``rollout_len``,
-    ``stopped``, ``nonempty``, ``positions``, ``seconds``."""
-    prepare_teacher(teacher)
-    optimizer = torch.optim.AdamW(student.model.parameters(), lr=lr)
-    rows = []
-    for step in range(steps):
-        start = time.perf_counter()
-        student.model.train()
-        loss_sum, positions, stats = opd_step(student, teacher, vocab_map,
-                                              batches[step % len(batches)], cfg)
-        optimizer.zero_grad(set_to_none=True)
-        (loss_sum / max(positions, 1)).backward()
-        optimizer.step()
-        used = max(positions, 1)
-        row = {"step": step, "loss": float(loss_sum.detach()) / used, "positions": positions,
-               "vuss": stats["vuss_sum"] / used,
-               "opd_valid_topk_mean": stats["opd_valid_topk_mean_sum"] / used,
-               "teacher_mass": stats["teacher_mass_sum"] / used,
-               "top1_agree": stats["top1_agree_sum"] / used,
-               "rollout_len": stats["rollout_len_sum"] / stats["rollout_len_count"],
-               "stopped": stats["stopped_sum"] / stats["stopped_count"],
-               "nonempty": stats["nonempty_sum"] / stats["nonempty_count"],
-               "seconds": time.perf_counter() - start}
-        rows.append(row)
-        if log is not None:
-            log(row)
-    student.model.eval()
-    return rows
+from stages.opd.short_run import batch_of, build_models, run_opd, sft, synthesize_corpus
+from stages.opd.step import OpdConfig
+from stages.train.objectives import build_vocab_map
 
 
 def transcripts(adapter: AsrAdapter, batches: Sequence[AudioBatch], max_new_tokens: int
@@ -213,7 +86,9 @@ def main(argv=None) -> None:
     references = [u.text for u in corpus]
     cfg = OpdConfig(top_k=args.top_k, max_new_tokens=args.max_new_tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        teacher, student, _ = build_models(Path(tmp), references, args.seed)
+        models = build_models(tmp, references, seed=args.seed)
+        teacher = load_adapter(str(models / "teacher_init"))
+        student = load_adapter(str(models / "student_init"))
     teacher_sft = sft(teacher, corpus, steps=args.teacher_sft_steps, lr=args.sft_lr,
                       batch_size=args.batch_size, seed=args.seed)
     student_sft = sft(student, corpus, steps=args.student_sft_steps, lr=args.sft_lr,

@@ -61,6 +61,13 @@ from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import write_json
 from stages.common.provenance import provenance
+from stages.common.runtime import (
+    add_runtime_arguments,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+    set_threads,
+)
 from stages.data.batching import Utterance, load_batch, read_utterances
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
@@ -95,9 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default 8)")
     p.add_argument("--seed", type=int, default=0,
                    help="data-order seed; use training's to preview its first batches")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--trust-remote-code", action="store_true")
+    add_runtime_arguments(p, devices=("auto", "cpu", "cuda"))
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow checkpoints that ship their own model code")
     add_opd_arguments(p)
     g = p.add_argument_group("thresholds")
     for name, default in DEFAULT_THRESHOLDS.items():
@@ -231,15 +238,13 @@ def summarize(merged: dict[str, Any]) -> dict[str, Any]:
 def main(args: argparse.Namespace) -> int:
     if args.batches < 1 or args.batch_size < 1:
         raise UserError("--batches and --batch-size must be >= 1")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = opd_config_from_args(args)
     thresholds = {k: getattr(args, k) for k in DEFAULT_THRESHOLDS}
     if thresholds["min_vuss"] is None:
         thresholds["min_vuss"] = float(cfg.top_k)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else args.device
-    compute_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    device = resolve_device(args.device)
+    compute_dtype = resolve_dtype("auto", device)
     started = time.perf_counter()
 
     utterances = read_utterances(args.train)
@@ -286,7 +291,7 @@ def main(args: argparse.Namespace) -> int:
         "timings": {"load_seconds": round(loaded - started, 3),
                     "batch_seconds": [round(s, 3) for s in batch_seconds],
                     "total_seconds": round(time.perf_counter() - started, 3),
-                    "device": device, "dtype": str(compute_dtype).removeprefix("torch.")},
+                    "device": str(device), "dtype": dtype_name(compute_dtype)},
     }
     report["provenance"] = provenance({k: report[k] for k in ("thresholds", "opd", "data")}
                                       | {"student": args.student, "teacher": args.teacher})

@@ -61,15 +61,20 @@ from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
+from stages.common.runtime import (
+    add_runtime_arguments,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+    set_threads,
+)
 from stages.data.batching import read_utterances
 from stages.eval.decode import DecodeResult, decode_utterances
 from stages.eval.errors import METRICS, score_rows
 from stages.eval.normalize import NORMALIZERS, default_normalizer, normalizer
-from stages.models import FAMILIES, load_adapter
+from stages.models import add_model_arguments, load_adapter
 
 log = logging.getLogger("stages.evaluate")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,16 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="utterances per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="response length cap in tokens (256)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                   help="adapter family (default: from the checkpoint's model_type)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow checkpoints that ship their own model code")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda if available), cpu, cuda or cuda:N (auto)")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                   help="auto: bfloat16 on cuda, float32 on cpu (auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's own choice)")
+    add_model_arguments(p)
+    add_runtime_arguments(p, dtypes=("float32", "bfloat16"))
     p.add_argument("--language-hint", choices=["on", "off"], default="on",
                    help="prompt with the manifest language where the family takes one (on)")
     p.add_argument("--preset", default=None,
@@ -105,35 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise UserError(f"--device {spec!r}: not a device ({err}); use auto, cpu, cuda or "
-                        "cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available on this machine; use "
-                        "--device cpu (or auto)")
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {spec}: only cpu and cuda are supported")
-    return device
-
-
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
-    if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return DTYPES[spec]
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     source = Path(args.input).resolve()
     for option, path in (("--output", args.output), ("--summary", args.summary)):
         if Path(path).resolve() == source:
@@ -159,11 +132,10 @@ def prediction_rows(result: DecodeResult) -> list[dict]:
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_args(args)
+    set_threads(args.threads)
     # Outputs describe the last run only: a failure must not leave an earlier summary behind.
     for path in (args.output, args.summary):
         Path(path).unlink(missing_ok=True)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     norm_name = args.normalizer or default_normalizer(args.metric)
     normalize = normalizer(norm_name, english_spelling=args.en_spelling)
     utterances = read_utterances(args.input, require_text=True)
@@ -171,7 +143,7 @@ def main(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     language_hint = args.language_hint == "on"
 
-    log.info("loading %s on %s (%s)", args.model, device, str(dtype).removeprefix("torch."))
+    log.info("loading %s on %s (%s)", args.model, device, dtype_name(dtype))
     load_start = time.perf_counter()
     adapter = load_adapter(args.model, family=args.family, device=device, dtype=dtype,
                            trust_remote_code=args.trust_remote_code)
@@ -189,7 +161,7 @@ def main(args: argparse.Namespace) -> int:
                 "normalizer": norm_name, "en_spelling": args.en_spelling,
                 "family": adapter.family, "batch_size": args.batch_size,
                 "max_new_tokens": args.max_new_tokens, "language_hint": language_hint,
-                "device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+                "device": device.type, "dtype": dtype_name(dtype)}
     summary.update(
         normalizer=norm_name,
         en_spelling=args.en_spelling,

@@ -39,14 +39,13 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import atomic_writer, write_json
 from stages.common.provenance import provenance
+from stages.common.runtime import add_runtime_arguments, resolve_device, set_threads
 from stages.eval.report import read_model_summaries
-from stages.models import FAMILIES
+from stages.models import add_model_arguments
 from stages.train.export import (
     DEFAULT_TOLERANCE,
     SUMMARY_FILE,
@@ -83,23 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=None,
                    help="max |logit diff| accepted (default by dtype: "
                         + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
-    p.add_argument("--device", default="cpu",
-                   help="device of the verification: cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                   help="adapter family (default: from the config's model_type)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow checkpoints that ship their own model code")
     p.add_argument("--name", default=None, help="model name in the card (default: --output's)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_model_arguments(p)
+    # --device: where the verification runs (default cpu).
+    add_runtime_arguments(p, device="cpu")
     return p
-
-
-def _device(spec: str) -> str:
-    if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available here; use --device cpu")
-    return spec
 
 
 def _results(results_dir: Path | None) -> list[dict]:
@@ -114,14 +101,11 @@ def _results(results_dir: Path | None) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.probe_clips < 1:
         raise UserError(f"--probe-clips must be >= 1, got {args.probe_clips}")
-    settings = ExportSettings(dtype=args.dtype, device=_device(args.device), family=args.family,
-                              trust_remote_code=args.trust_remote_code,
+    settings = ExportSettings(dtype=args.dtype, device=str(resolve_device(args.device)),
+                              family=args.family, trust_remote_code=args.trust_remote_code,
                               tolerance=args.tolerance,
                               probe_max_new_tokens=args.probe_max_new_tokens)
     ckpt = resolve_checkpoint(args.checkpoint)

@@ -38,7 +38,7 @@ import sys
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
-from stages.common.jsonl import iter_lines, read_jsonl, write_json, write_jsonl
+from stages.common.jsonl import iter_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.eval.errors import METRICS, score_rows
 from stages.eval.normalize import NORMALIZERS, default_normalizer, normalizer
@@ -64,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     name = args.normalizer or default_normalizer(args.metric)
     normalize = normalizer(name, english_spelling=args.en_spelling)
-    rows = read_jsonl(args.input)
-    if not rows:
+    numbered = list(iter_jsonl(args.input))  # line numbers for error messages
+    if not numbered:
         raise UserError(f"{args.input}: no rows to score; check that the predictions were "
                         "written completely")
-    # read_jsonl skips blank lines, so recover each row's line number for error messages.
-    line_numbers = [number for number, line in iter_lines(args.input) if line.strip()]
+    line_numbers = [number for number, _ in numbered]
+    rows = [row for _, row in numbered]
 
     scored, summary = score_rows(rows, args.metric, normalize, args.ref_key, args.hyp_key,
                                  source=str(args.input), line_numbers=line_numbers)

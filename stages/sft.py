@@ -48,7 +48,7 @@ import sys
 from collections.abc import Sequence
 
 from stages.common.cli import parser, run_stage
-from stages.models import FAMILIES
+from stages.models import add_model_arguments
 from stages.train.objectives import SftObjective
 from stages.train.session import (
     StepHook,
@@ -61,8 +61,7 @@ from stages.train.session import (
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
     p.add_argument("--model", required=True, help="model folder or cached hub id to train")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                   help="adapter family (default: from the config's model_type)")
+    add_model_arguments(p, trust_remote_code=False)  # --trust-remote-code: a runtime option
     p.add_argument("--text-field", default="text",
                    help="manifest field with the target transcript (default text)")
     add_training_arguments(p, lr=1e-4, warmup_steps=100)
@@ -71,9 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
     """Train and export; returns the summary. ``hooks`` run after every step (tests use them)."""
-    session = TrainingSession.start(args, stage="sft",
-                                    inputs={"model": args.model, "train": args.train})
-    try:
+    with TrainingSession.start(args, stage="sft",
+                               inputs={"model": args.model, "train": args.train}) as session:
         utterances = session.read_data(text_field=args.text_field)
         adapter = session.load_trainee(args.model, family=args.family)
         if adapter.family == "qwen3_asr":
@@ -83,8 +81,6 @@ def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
         return session.train(adapter, objective, utterances, base_model=args.model, hooks=hooks,
                              extra_summary={"utterances": len(utterances),
                                             "text_field": args.text_field})
-    finally:
-        session.close()
 
 
 def main(args: argparse.Namespace) -> int:

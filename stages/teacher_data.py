@@ -67,15 +67,22 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
+from stages.common.runtime import (
+    DTYPES,
+    add_runtime_arguments,
+    dtype_name,
+    resolve_device,
+    resolve_dtype,
+    set_threads,
+)
 from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import read_utterances
-from stages.models import FAMILIES, family_of, load_adapter
+from stages.models import add_model_arguments, family_of, load_adapter
 from stages.td.filters import (
     DEFAULT_MAX_UNITS_PER_SECOND,
     FILTERS,
@@ -95,8 +102,6 @@ from stages.td.transcribe import (
 
 log = logging.getLogger("stages.teacher_data")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
@@ -110,15 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="clips per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="response length cap in tokens (256)")
-    p.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                   help="adapter family (default: from the checkpoint's model_type)")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow checkpoints that ship their own model code")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto)")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
-                   help="auto: bfloat16 on cuda, float32 on cpu (auto)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's own choice)")
+    add_model_arguments(p)
+    add_runtime_arguments(p, dtypes=tuple(DTYPES))
     f = p.add_argument_group("filters")
     defaults = FilterSettings()
     f.add_argument("--filters", nargs="*", choices=FILTERS, default=list(FILTERS),
@@ -145,21 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--max-wer", type=float, default=defaults.max_wer,
                    help="highest WER vs the reference, other languages (%(default)s)")
     return p
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as err:
-        raise UserError(f"--device {spec!r}: not a device ({err}); use auto, cpu, cuda or "
-                        "cuda:N") from err
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {spec}: only cpu and cuda are supported")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {spec}: CUDA is not available here; use --device cpu")
-    return device
 
 
 def filter_settings(args: argparse.Namespace) -> FilterSettings:
@@ -190,8 +173,6 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("batch_size", "max_new_tokens"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
     paths = {"--input": args.input, "--output": args.output, "--rejects": args.rejects,
              "--report": args.report}
     seen: dict[Path, str] = {}
@@ -206,12 +187,9 @@ def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_args(args)
     settings = filter_settings(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = resolve_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype != "auto" else (
-        torch.bfloat16 if device.type == "cuda" else torch.float32)
-    dtype_name = str(dtype).removeprefix("torch.")
+    dtype = resolve_dtype(args.dtype, device)
     # Outputs describe the last complete run only.
     for path in (args.output, args.rejects, args.report):
         Path(path).unlink(missing_ok=True)
@@ -226,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
     utterances = [u for u in pool if u.id in mine]  # pool order
     family = args.family or family_of(args.teacher, trust_remote_code=args.trust_remote_code)
     generation = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                  "dtype": dtype_name, "device_type": device.type}
+                  "dtype": dtype_name(dtype), "device_type": device.type}
     header = {"pool_sha256": file_sha256(args.input), "shard": args.shard,
               "num_shards": args.num_shards, "teacher": str(args.teacher),
               "teacher_fingerprint": model_fingerprint(args.teacher), "family": family,
@@ -239,7 +217,7 @@ def main(args: argparse.Namespace) -> int:
     def load_teacher():
         nonlocal load_seconds
         start = time.perf_counter()
-        log.info("loading teacher %s on %s (%s)", args.teacher, device, dtype_name)
+        log.info("loading teacher %s on %s (%s)", args.teacher, device, dtype_name(dtype))
         adapter = load_adapter(args.teacher, family=family, device=device, dtype=dtype,
                                trust_remote_code=args.trust_remote_code)
         # Refuse a language the teacher cannot be prompted with before any batch runs.

@@ -56,11 +56,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import read_json
+from stages.common.runtime import resolve_dtype
 from stages.models import load_adapter
 from stages.opd.step import prepare_teacher
 from stages.train.objectives import (
@@ -126,16 +125,15 @@ def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
         if calibrated is not None and calibrated != getattr(cfg, key):
             log.warning("calibration used %s=%s, this run %s", key, calibrated,
                         getattr(cfg, key))
-    session = TrainingSession.start(args, stage="train_opd", inputs={
-        "student": args.student, "teacher": args.teacher, "train": args.train})
-    try:
+    inputs = {"student": args.student, "teacher": args.teacher, "train": args.train}
+    with TrainingSession.start(args, stage="train_opd", inputs=inputs) as session:
         env = session.env
         utterances = session.read_data(text_field=None)
         student = session.load_trainee(args.student, family=args.student_family)
-        teacher_dtype = torch.bfloat16 if env.device.type == "cuda" else torch.float32
+        # The frozen teacher is not trained: it computes in the compute dtype (bf16 on CUDA).
         teacher = prepare_teacher(load_adapter(
-            args.teacher, family=args.teacher_family, device=env.device, dtype=teacher_dtype,
-            trust_remote_code=args.trust_remote_code))
+            args.teacher, family=args.teacher_family, device=env.device,
+            dtype=resolve_dtype("auto", env.device), trust_remote_code=args.trust_remote_code))
         objective = OpdObjective(student, teacher, build_vocab_map(student, teacher), cfg,
                                  seed=args.seed, rank=env.rank, world_size=env.world_size,
                                  grad_accum=args.grad_accum)
@@ -147,8 +145,6 @@ def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
                                  "calibration_loss": (calibration.get("metrics") or {}).get(
                                      "loss"),
                              })
-    finally:
-        session.close()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -5,8 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import torch
+
+if TYPE_CHECKING:
+    from stages.data.batching import Utterance
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -27,3 +32,31 @@ def venv_env() -> dict[str, str]:
     env["TRANSFORMERS_OFFLINE"] = "1"
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny tensors gain nothing from threads, and on a shared 2-core box they only wait. Results
+    do not depend on the count."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+@pytest.fixture(scope="session")
+def opd_corpus() -> list[Utterance]:
+    """12 espeak sentences in 6 languages, clips in memory (``stages.opd.short_run``)."""
+    from stages.opd.short_run import synthesize_corpus
+
+    return synthesize_corpus(12, seed=0)
+
+
+@pytest.fixture(scope="session")
+def opd_models_dir(opd_corpus, tmp_path_factory) -> Path:
+    """The short run's tiny teacher and student (random init, tokenizer trained on the corpus
+    texts): ``teacher_init/`` and ``student_init/``. Shared: tests load their own copies."""
+    from stages.opd.short_run import build_models
+
+    return build_models(tmp_path_factory.mktemp("opd"), [u.text for u in opd_corpus], seed=0)

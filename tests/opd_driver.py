@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.opd_short_run import batch_of, build_vocab_map, synthesize_corpus
 from stages.models import load_adapter
 from stages.opd.rollout import default_synced_gpus
+from stages.opd.short_run import batch_of, synthesize_corpus
 from stages.opd.step import OpdConfig, opd_forward, prepare_teacher
 from stages.train import init_distributed, shard_model, shutdown
+from stages.train.objectives import build_vocab_map
 
 
 class RolloutStopBias:

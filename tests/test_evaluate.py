@@ -20,9 +20,8 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from stages import evaluate, score
-from stages.common.cli import run_stage
 from stages.common.errors import UserError
-from stages.common.jsonl import read_jsonl
+from stages.common.jsonl import read_jsonl, write_jsonl
 from stages.data.audio import write_wav
 from stages.data.batching import duration_sorted_batches, read_utterances
 from stages.data.validation import validate_manifest
@@ -30,6 +29,9 @@ from stages.eval import decode
 from stages.eval.decode import DecodeError, decode_utterances
 from stages.models import load_adapter
 from stages.models.tiny import build_tiny_models
+from tests.helpers import stage, tone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXTS = [("zh", "今天天气很好。"), ("en", "Hello world, this is a test."),
          ("zh", "我想喝一杯热茶。"), ("en", "The quick brown fox."),
@@ -50,32 +52,19 @@ SPEC = {
 MAX_NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads on a shared 2-core box; results do not depend on
-    the count."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """A validated manifest of synthetic clips (tones plus noise) with zh and en references."""
     root = tmp_path_factory.mktemp("corpus")
     rows = []
     for index, ((language, text), seconds) in enumerate(zip(TEXTS, DURATIONS, strict=True)):
-        rng = np.random.default_rng(index)
-        t = np.arange(int(16000 * seconds)) / 16000
-        clip = 0.3 * np.sin(2 * np.pi * (150 + 40 * index) * t) + 0.05 * rng.standard_normal(
-            t.size)
+        clip = tone(seconds, 150 + 40 * index, amplitude=0.3, noise=0.05,
+                    rng=np.random.default_rng(index))
         write_wav(root / "wavs" / f"u{index}.wav", clip)
         rows.append({"audio": f"wavs/u{index}.wav", "text": text, "language": language,
                      "id": f"utt{index:02d}"})
     raw = root / "raw.jsonl"
-    raw.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                   encoding="utf-8")
+    write_jsonl(raw, rows)
     manifest = root / "dev.jsonl"
     report = validate_manifest(raw, manifest, root / "dev.report.json", progress=False)
     assert report["valid"] == len(rows)
@@ -86,8 +75,7 @@ def corpus(tmp_path_factory):
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     texts = root / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"audio": "x.wav", "text": t}, ensure_ascii=False)
-                             + "\n" for _, t in TEXTS * 3), encoding="utf-8")
+    write_jsonl(texts, ({"audio": "x.wav", "text": t} for _, t in TEXTS * 3))
     build_tiny_models([texts], root, SPEC, seed=0)
     # A freshly initialised tiny model writes one token for every clip; louder random weights
     # make its transcripts depend on the audio, so order and batching mistakes become visible.
@@ -107,10 +95,6 @@ def adapters(models):
     return {name: load_adapter(str(path)) for name, path in models.items()}
 
 
-def run_evaluate(argv):
-    return run_stage(evaluate.main, evaluate.build_parser(), [str(a) for a in argv])
-
-
 def eval_argv(model, manifest, out, *extra):
     return ["--model", model, "--input", manifest, "--output", out / "test_dev.jsonl",
             "--summary", out / "summary_dev.json", "--metric", "cer", "--normalizer", "zh",
@@ -121,7 +105,7 @@ def eval_argv(model, manifest, out, *extra):
 
 def test_rows_worst_first_and_score_stage_agrees(tmp_path, models, corpus):
     out = tmp_path / "eval"
-    assert run_evaluate(eval_argv(models["student"], corpus, out, "--batch-size", 4,
+    assert stage(evaluate, eval_argv(models["student"], corpus, out, "--batch-size", 4,
                                   "--preset", "dev", "--model-name", "student_x")) == 0
     rows = read_jsonl(out / "test_dev.jsonl")
     summary = json.loads((out / "summary_dev.json").read_text())
@@ -162,10 +146,9 @@ def test_rows_worst_first_and_score_stage_agrees(tmp_path, models, corpus):
     assert summary["provenance"]["config_hash"] and summary["provenance"]["git_commit"]
 
     # Rescoring the rows file without the model reproduces every row and every count.
-    assert run_stage(score.main, score.build_parser(), [
-        "--input", str(out / "test_dev.jsonl"), "--output", str(tmp_path / "rescored.jsonl"),
-        "--summary", str(tmp_path / "rescored.json"), "--metric", "cer",
-        "--normalizer", "zh"]) == 0
+    assert stage(score, [
+        "--input", out / "test_dev.jsonl", "--output", tmp_path / "rescored.jsonl",
+        "--summary", tmp_path / "rescored.json", "--metric", "cer", "--normalizer", "zh"]) == 0
     assert read_jsonl(tmp_path / "rescored.jsonl") == rows
     rescored = json.loads((tmp_path / "rescored.json").read_text())
     for key in ("rate", "cer", "errors", "substitutions", "deletions", "insertions", "hits",
@@ -181,8 +164,7 @@ def test_failed_batch_fails_the_stage_with_its_ids(tmp_path, models, corpus, cap
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really audio")
     rows[4]["audio"] = str(broken)
     manifest = tmp_path / "dev.jsonl"
-    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                        encoding="utf-8")
+    write_jsonl(manifest, rows)
     batches = list(duration_sorted_batches(read_utterances(manifest), 4))
     failed = next([u.id for u in b] for b in batches if victim in [u.id for u in b])
     others = [u.id for b in batches for u in b if u.id not in failed]
@@ -190,7 +172,7 @@ def test_failed_batch_fails_the_stage_with_its_ids(tmp_path, models, corpus, cap
     out = tmp_path / "eval"
     out.mkdir()
     (out / "summary_dev.json").write_text("{}")  # a stale summary from an earlier run
-    assert run_evaluate(eval_argv(models["student"], manifest, out, "--batch-size", 4)) == 1
+    assert stage(evaluate, eval_argv(models["student"], manifest, out, "--batch-size", 4)) == 1
     err = capsys.readouterr().err
     message = next(line for line in err.splitlines() if line.startswith("error:"))
     assert all(i in message for i in failed)

@@ -6,36 +6,24 @@ torchrun. (Without ``synced_gpus`` the ranks' per-layer all-gathers mismatch and
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from benchmarks.opd_short_run import build_models, synthesize_corpus
+from tests.helpers import launch, ok
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
 DRIVER = Path(__file__).with_name("opd_driver.py")
 MAX_NEW_TOKENS = 7
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    work = tmp_path_factory.mktemp("opd_dist")
-    corpus = synthesize_corpus(12, seed=0)
-    build_models(work, [u.text for u in corpus], seed=0)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(DRIVER), "--models", str(work / "models"),
-               "--out", str(work / "out"), "--max-new-tokens", str(MAX_NEW_TOKENS)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
-                          cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads((work / "out" / f"rank{r}.json").read_text()) for r in range(2)]
+def results(opd_models_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("opd_dist")
+    ok(launch([DRIVER, "--models", opd_models_dir, "--out", out,
+               "--max-new-tokens", MAX_NEW_TOKENS], ranks=2, timeout=300))
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 def test_ranks_decode_in_lock_step_and_match_the_unsharded_reference(results):

@@ -3,7 +3,8 @@
 Cleaning and language choice are checked on crafted inputs; the step against a computation
 assembled by hand from the adapters, the vocabulary map and the loss; the short run (SFT both
 models briefly, then OPD) checks that the student actually moves toward the teacher.
-The models come from ``stages.models.tiny`` trained on espeak sentences (benchmarks/opd_short_run).
+The corpus and the models come from ``stages.opd.short_run`` (session fixtures in conftest.py):
+the tiny demo models and espeak sentences.
 """
 
 from __future__ import annotations
@@ -11,21 +12,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.opd_short_run import (
-    batch_of,
-    build_models,
-    build_vocab_map,
-    run_opd,
-    sft,
-    synthesize_corpus,
-)
 from stages.common.errors import UserError
 from stages.models import load_adapter
 from stages.opd.language import choose_languages, detect_language, script_counts
 from stages.opd.loss import union_topk_kl
 from stages.opd.rollout import clean_responses, default_synced_gpus, rollout
+from stages.opd.short_run import batch_of, run_opd, sft
 from stages.opd.step import OpdConfig, opd_forward, opd_step, prepare_teacher
 from stages.opd.vocab import VocabMap
+from stages.train.objectives import build_vocab_map
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STOP = 9
 CFG = OpdConfig(top_k=8, max_new_tokens=6)
@@ -33,39 +30,19 @@ CFG = OpdConfig(top_k=8, max_new_tokens=6)
 KEEP_LANGUAGE = [True, False, True, False]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads; on a shared 2-core box they only wait."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
-@pytest.fixture(scope="module")
-def corpus():
-    return synthesize_corpus(12, seed=0)
-
-
-@pytest.fixture(scope="module")
-def models_dir(corpus, tmp_path_factory):
-    _, _, out = build_models(tmp_path_factory.mktemp("opd"), [u.text for u in corpus], seed=0)
-    return out
+@pytest.fixture
+def student(opd_models_dir):
+    return load_adapter(str(opd_models_dir / "student_init"))
 
 
 @pytest.fixture
-def student(models_dir):
-    return load_adapter(str(models_dir / "student_init"))
-
-
-@pytest.fixture
-def teacher(models_dir):
-    return prepare_teacher(load_adapter(str(models_dir / "teacher_init")))
+def teacher(opd_models_dir):
+    return prepare_teacher(load_adapter(str(opd_models_dir / "teacher_init")))
 
 
 @pytest.fixture(scope="module")
-def batch(corpus):
-    return batch_of(corpus[:4], keep_language=KEEP_LANGUAGE)
+def batch(opd_corpus):
+    return batch_of(opd_corpus[:4], keep_language=KEEP_LANGUAGE)
 
 
 class StopBias:
@@ -219,8 +196,8 @@ def test_step_equals_the_hand_assembled_loss_and_trains_only_the_student(student
     assert all(p.grad is None and not p.requires_grad for p in teacher.model.parameters())
 
 
-def test_identical_teacher_and_student_agree_exactly(student, models_dir, batch):
-    twin = prepare_teacher(load_adapter(str(models_dir / "student_init")))
+def test_identical_teacher_and_student_agree_exactly(student, opd_models_dir, batch):
+    twin = prepare_teacher(load_adapter(str(opd_models_dir / "student_init")))
     loss_sum, positions, stats = opd_step(student, twin, build_vocab_map(student, twin), batch,
                                           CFG)
     assert positions > 0
@@ -298,13 +275,14 @@ def test_settings_are_checked():
 
 # ---- a short run --------------------------------------------------------------------------------
 
-def test_short_opd_run_moves_the_student_toward_the_teacher(corpus, models_dir):
-    teacher = load_adapter(str(models_dir / "teacher_init"))
-    student = load_adapter(str(models_dir / "student_init"))
+def test_short_opd_run_moves_the_student_toward_the_teacher(opd_corpus, opd_models_dir):
+    teacher = load_adapter(str(opd_models_dir / "teacher_init"))
+    student = load_adapter(str(opd_models_dir / "student_init"))
     torch.manual_seed(0)
-    sft(teacher, corpus, steps=90, lr=3e-3, batch_size=6, seed=0)
-    sft(student, corpus, steps=60, lr=3e-3, batch_size=6, seed=1)  # knows less than the teacher
-    batches = [batch_of(corpus[:6]), batch_of(corpus[6:], keep_language=[False] * 6)]
+    sft(teacher, opd_corpus, steps=90, lr=3e-3, batch_size=6, seed=0)
+    # The student learns less than the teacher.
+    sft(student, opd_corpus, steps=60, lr=3e-3, batch_size=6, seed=1)
+    batches = [batch_of(opd_corpus[:6]), batch_of(opd_corpus[6:], keep_language=[False] * 6)]
     rows = run_opd(student, teacher, build_vocab_map(student, teacher), batches,
                    OpdConfig(top_k=16, max_new_tokens=24), steps=24, lr=1e-3)
     first, last = rows[:4], rows[-4:]

@@ -22,14 +22,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.common.cli import run_stage
+from stages import td_merge, teacher_data, validate
 from stages.common.errors import UserError
-from stages.common.jsonl import read_json, read_jsonl
+from stages.common.jsonl import read_json, read_jsonl, write_jsonl
 from stages.data.audio import write_wav
 from stages.data.batching import load_batch, read_utterances
 from stages.models import load_adapter
 from stages.models.tiny import build_tiny_models
 from stages.td.transcribe import KILL_HOOK_ENV, PartialLog, shard_batches, transcribe_batch
+from tests.helpers import stage, tone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SPEC = {
     "vocab_size": 600, "vocab_multiple": 64, "chunk_seconds": 4,
@@ -52,14 +55,6 @@ COMMON = ["--batch-size", str(BATCH), "--max-new-tokens", "6", "--device", "cpu"
           "--max-cer", "0.5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A validated-style pool of sine clips and a tiny random teacher."""
@@ -68,8 +63,7 @@ def world(tmp_path_factory):
     rows = []
     for i, (language, has_text) in enumerate(LAYOUT):
         seconds = round(0.6 + 0.15 * ((i * 7) % 13), 3)  # distinct durations, shuffled
-        t = np.arange(int(16000 * seconds)) / 16000
-        audio = 0.2 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.02 * rng.standard_normal(t.size)
+        audio = tone(seconds, 150 + 40 * i, amplitude=0.2, noise=0.02, rng=rng)
         path = root / "wavs" / f"utt{i:02d}.wav"
         write_wav(path, audio.astype(np.float32))
         row = {"audio": str(path), "task": "asr", "id": f"utt{i:02d}", "duration": seconds}
@@ -79,10 +73,9 @@ def world(tmp_path_factory):
             row["language"] = language
         rows.append(row)
     pool = root / "pool.jsonl"
-    pool.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    write_jsonl(pool, rows)
     corpus = root / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"audio": "x.wav", "text": t}, ensure_ascii=False) + "\n"
-                              for t in list(TEXTS.values()) * 3), "utf-8")
+    write_jsonl(corpus, ({"audio": "x.wav", "text": t} for t in list(TEXTS.values()) * 3))
     build_tiny_models([corpus], root / "models", SPEC, seed=0)
     return {"root": root, "pool": pool, "rows": rows, "teacher": root / "models" / "teacher_init"}
 
@@ -103,15 +96,11 @@ def rounded(value):
 
 
 def run_shard(argv):
-    from stages.teacher_data import build_parser, main
-
-    return run_stage(main, build_parser(), argv)
+    return stage(teacher_data, argv)
 
 
 def run_merge(argv):
-    from stages.td_merge import build_parser, main
-
-    return run_stage(main, build_parser(), argv)
+    return stage(td_merge, argv)
 
 
 @pytest.fixture(scope="module")
@@ -175,15 +164,13 @@ def test_rows_keep_input_fields_and_reference(world, single):
 
 
 def test_td_rows_are_valid_manifest_rows(single, tmp_path):
-    from stages.validate import build_parser, main
-
     merged = tmp_path / "td.jsonl"
     merged.write_bytes((single / "shard_0.jsonl").read_bytes()
                        + (single / "shard_0.rejects.jsonl").read_bytes())
     argv = ["--input", str(merged), "--output", str(tmp_path / "valid.jsonl"),
             "--report", str(tmp_path / "valid.json"), "--no-require-text", "--workers", "1",
             "--no-progress"]
-    assert run_stage(main, build_parser(), argv) == 0
+    assert stage(validate, argv) == 0
     assert read_json(tmp_path / "valid.json")["invalid"] == 0
 
 

@@ -10,27 +10,32 @@ calibration gate; the slow tests run train_opd in subprocesses: 2 ranks (torchru
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from transformers import AutoModelForSeq2SeqLM, AutoProcessor
 
 from stages import calibrate, sft, train_opd
-from stages.common.cli import run_stage
+from stages.common.jsonl import read_jsonl, write_jsonl
 from stages.data.demo_corpus import SPLITS, build_corpus
 from stages.data.validation import Settings, validate_manifest
 from stages.models import load_adapter
 from stages.models.tiny import build_tiny_models
 from stages.train import latest_checkpoint, load_model_weights
+from tests.helpers import (
+    assert_computes_like,
+    assert_identical,
+    checkpoint_tensors,
+    launch,
+    metric_rows,
+    ok,
+    stage,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 KILL_DRIVER = Path(__file__).with_name("stage_kill_driver.py")
 SPEC = {
     "vocab_size": 400, "vocab_multiple": 64, "chunk_seconds": 4,
@@ -48,14 +53,6 @@ OPD_SMALL = ["--max-new-tokens", "6", "--top-k", "8"]
 LOOP = ["--threads", "1", "--no-tensorboard"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train_stages")
@@ -69,41 +66,6 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     build_tiny_models([train], root / "tiny", SPEC, seed=0)
     return {"root": root, "train": train, "teacher": root / "tiny" / "teacher_init",
             "student": root / "tiny" / "student_init"}
-
-
-def stage(module, argv: list) -> int:
-    return run_stage(module.main, module.build_parser(), [str(a) for a in argv])
-
-
-def metric_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def checkpoint_tensors(ckpt: Path, scratch: Path) -> dict:
-    """Every entry of a DCP checkpoint (model and optimizer) as full tensors, flattened."""
-    target = scratch / f"{ckpt.parent.parent.name}_{ckpt.name}.pt"
-    dcp_to_torch_save(ckpt, target)
-    flat: dict = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}", inner)
-        else:
-            flat[prefix] = value
-
-    walk("", torch.load(target, weights_only=False))
-    return flat
-
-
-def assert_identical(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    assert any(".exp_avg_sq" in key for key in a)  # the optimizer state is compared too
-    for key in a:
-        if torch.is_tensor(a[key]):
-            assert torch.equal(a[key], b[key]), key
-        else:
-            assert a[key] == b[key], key
 
 
 def sft_args(demo, out: Path, *extra) -> list:
@@ -160,9 +122,8 @@ def test_sft_refuses_or_sets_aside_checkpoints_of_other_settings(demo, sft_runs,
 
 
 def test_sft_loss_decreases_on_tiny_overfit_set(demo, tmp_path):
-    rows = [json.loads(line) for line in demo["train"].read_text().splitlines()][:4]
     small = tmp_path / "four.jsonl"
-    small.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_jsonl(small, read_jsonl(demo["train"])[:4])
     out = tmp_path / "overfit"
     assert stage(sft, ["--model", demo["student"], "--train", small, "--output-dir", out,
                        "--batch-size", 4, "--lr", 1e-2, "--warmup-steps", 2, "--max-steps", 30,
@@ -187,17 +148,7 @@ def test_sft_export_reloads_with_auto_classes_and_same_logits(demo, sft_runs):
     trained = load_adapter(str(base))
     load_model_weights(sft_runs["full"] / "checkpoints" / "step_00000004", trained.model)
     initial = load_adapter(str(base))
-    exported = type(trained)(model, processor)
-
-    rng = np.random.default_rng(0)
-    clips = [0.1 * rng.standard_normal(16000 * s).astype(np.float32) for s in (1, 2)]
-    responses = [trained.encode_response("hello world"), trained.encode_response("你好")]
-    with torch.no_grad():
-        got, mask = exported.response_logits(clips, [None, None], responses)
-        want, _ = trained.response_logits(clips, [None, None], responses)
-        before, _ = initial.response_logits(clips, [None, None], responses)
-    assert torch.equal(got[mask], want[mask])
-    assert not torch.allclose(got[mask], before[mask])  # training did change the weights
+    assert_computes_like(type(trained)(model, processor), trained, initial, seed=0)
 
 
 # ---- calibration ----------------------------------------------------------------------------
@@ -250,8 +201,8 @@ def test_calibration_fails_on_an_unmappable_teacher(demo, tmp_path, capsys):
     # A teacher with its own tokenizer: byte-level BPE trained on other text, so most of the
     # student's merged tokens have no counterpart.
     other = tmp_path / "other_corpus.jsonl"
-    other.write_text("".join(json.dumps({"audio": "x.wav", "text": t}) + "\n" for t in
-                             ["zzqx vvkj", "qqq www eee", "xyzzy plugh"] * 3))
+    write_jsonl(other, ({"audio": "x.wav", "text": t}
+                        for t in ["zzqx vvkj", "qqq www eee", "xyzzy plugh"] * 3))
     build_tiny_models([other], tmp_path / "other", SPEC | {"vocab_size": 290}, seed=3)
     output = tmp_path / "calibration.json"
     assert stage(calibrate, calibrate_args(demo, output, tmp_path / "other" / "teacher_init",
@@ -294,23 +245,6 @@ def test_train_opd_refuses_missing_failed_or_foreign_calibration(demo, calibrati
     assert stage(train_opd, args) == 1
     assert "calibrate this pair first" in capsys.readouterr().err
     assert not out.exists()  # nothing started
-
-
-def launch(command: list, *, ranks: int = 1) -> subprocess.CompletedProcess:
-    command = [str(c) for c in command]
-    if ranks > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   f"--nproc_per_node={ranks}", *command]
-    else:
-        command = [sys.executable, *command]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env,
-                          cwd=ROOT)
-
-
-def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from stages.common.errors import UserError
+from stages.common.fsutil import default_mode
 
 
 def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
@@ -27,36 +28,36 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield number, line.rstrip("\r\n")
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file of objects, failing with file and line on the first malformed line.
-
-    Blank lines are skipped. For user manifests use the validate stage, which reports every bad
-    line instead of stopping at the first one.
-    """
-    rows = []
+def iter_jsonl(path: str | Path, *, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (1-based line number, object) for every non-blank line of a JSONL file of objects,
+    failing with file and line on the first malformed one (``hint``: what to do, appended to
+    the message after a semicolon)."""
+    suffix = f"; {hint}" if hint else ""
     for number, line in iter_lines(path):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg})") from err
+            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}){suffix}") from err
         if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
+            raise UserError(f"{path}:{number}: expected a JSON object, got "
+                            f"{type(row).__name__}{suffix}")
+        yield number, row
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects, failing with file and line on the first malformed line.
+
+    Blank lines are skipped. For user manifests use the validate stage, which reports every bad
+    line instead of stopping at the first one.
+    """
+    return [row for _, row in iter_jsonl(path)]
 
 
 def dumps_row(row: Any) -> str:
     """One JSONL line (no newline): UTF-8 text kept readable, no ASCII escaping."""
     return json.dumps(row, ensure_ascii=False)
-
-
-def _default_file_mode() -> int:
-    """The mode a plain open() would give a new file (mkstemp alone gives 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def atomic_writer(path: str | Path, mode: str = "w") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, _default_file_mode())
+        os.chmod(tmp, default_mode())  # mkstemp alone gives 0600
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle

@@ -7,7 +7,6 @@ audio of a batch on demand, so only the clips in flight are held in memory.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from stages.common.errors import UserError
-from stages.common.jsonl import iter_lines
+from stages.common.jsonl import iter_jsonl
 from stages.data.audio import load_audio
 
 # Fields a validated manifest row always has (see stages/validate.py).
@@ -43,14 +42,7 @@ def read_utterances(path: str | Path, *, require_text: bool = False) -> list[Utt
     """Read a validated manifest. Rows missing validated fields are an error naming the line:
     the file did not come out of the validate stage."""
     utterances = []
-    for number, line in iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}:{number}: invalid JSON ({err.msg}); run the validate "
-                            "stage on this manifest first") from err
+    for number, row in iter_jsonl(path, hint="run the validate stage on this manifest first"):
         missing = [key for key in VALIDATED_FIELDS if key not in row]
         if missing:
             raise UserError(f"{path}:{number}: missing {', '.join(missing)}; this stage reads "

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
@@ -27,7 +28,18 @@ MODEL_TYPE_FAMILY = {
 }
 
 __all__ = ["FAMILIES", "MODEL_TYPE_FAMILY", "AsrAdapter", "AudioChatLmAdapter",
-           "Qwen3AsrAdapter", "family_of", "load_adapter"]
+           "Qwen3AsrAdapter", "add_model_arguments", "family_of", "load_adapter"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser | Any, *,
+                        trust_remote_code: bool = True) -> None:
+    """The options of how a stage loads its model: ``--family`` and (unless the stage adds it
+    elsewhere) ``--trust-remote-code``, for :func:`load_adapter`."""
+    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
+                        help="adapter family (default: from the checkpoint's model_type)")
+    if trust_remote_code:
+        parser.add_argument("--trust-remote-code", action="store_true",
+                            help="allow checkpoints that ship their own model code")
 
 
 def family_of(path_or_id: str, *, trust_remote_code: bool = False) -> str:

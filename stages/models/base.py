@@ -434,13 +434,16 @@ class AsrAdapter:
             return torch.zeros((len(responses), 0, self.vocab_size), device=self.device), mask
         # The last response id is never an input: position P-1+j predicts response id j.
         batch = self.build_batch(audios, languages, [list(r)[:-1] for r in responses])
-        logits = self._logits_at_tail(batch.inputs, longest).float()
+        logits = self.logits_at_tail(batch.inputs, longest).float()
         if mask_blocked:
             logits = logits.index_fill(-1, self.blocked_token_ids.to(logits.device),
                                        float("-inf"))
         return logits, mask
 
-    def _logits_at_tail(self, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+    def logits_at_tail(self, inputs: dict[str, torch.Tensor], keep: int) -> torch.Tensor:
+        """The model's logits at the last ``keep`` positions of ``inputs`` (model inputs as
+        :meth:`build_batch` makes them), shape (batch, keep, logit width): the LM head runs
+        only there, never on the audio and prompt positions before them."""
         if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
             return self.model(**inputs, logits_to_keep=keep, use_cache=False).logits
         # Remote-code models without logits_to_keep: cut the LM head's input to the tail.

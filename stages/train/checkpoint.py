@@ -28,7 +28,6 @@ the sampler position, which is exact on any world size.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import shutil
 import warnings
@@ -48,6 +47,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from stages.common.errors import UserError
+from stages.common.fsutil import publish_dir
 from stages.common.jsonl import read_json, write_json
 from stages.common.provenance import config_hash, provenance
 from stages.train.data import ResumableSampler
@@ -126,14 +126,6 @@ def derived_seed(seed: int, step: int, rank: int) -> int:
 
 def dist_rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Checkpointer:
@@ -228,16 +220,9 @@ class Checkpointer:
         }
 
     def _publish(self, tmp: Path, final: Path) -> None:
-        """Make the written folder visible under its final name (the commit point)."""
-        if final.exists():  # re-saving a step after resuming from an earlier checkpoint
-            old = final.with_name(f".{final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(self.root)
+        """Make the written folder visible under its final name (the commit point); a step
+        saved again after resuming from an earlier checkpoint replaces the old folder."""
+        publish_dir(tmp, final)
 
     def _prune(self) -> None:
         if self.keep_last is None:

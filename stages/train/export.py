@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,6 +42,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from transformers import AutoProcessor, GenerationConfig
 
 from stages.common.errors import UserError
+from stages.common.fsutil import publish_dir, staging_dir
 from stages.common.jsonl import read_json
 from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import load_batch, read_utterances
@@ -345,9 +343,7 @@ def export_checkpoint(ckpt: CheckpointSource, base: str | Path, output: str | Pa
     log.info("loading %s (step %d) into the architecture of %s", ckpt.path, ckpt.step, base_dir)
     model = model_from_checkpoint(ckpt, base_dir, trust_remote_code=settings.trust_remote_code)
     cast_saved_tensors(model, dtype)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
-    try:
+    with staging_dir(output) as staging:  # removed unless published
         model.save_pretrained(staging)
         copy_side_files(base_dir, staging)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
@@ -371,33 +367,9 @@ def export_checkpoint(ckpt: CheckpointSource, base: str | Path, output: str | Pa
         if result.passed:
             if finish is not None:
                 finish(result, staging)
-            _publish(staging, output)
+            publish_dir(staging, output, normalize_files=True)
             log.info("export verified and written to %s", output)
-        else:
-            shutil.rmtree(staging, ignore_errors=True)
         return result
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Rename the finished folder into place (replacing an earlier export)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(staging, 0o777 & ~mask)  # mkdtemp makes 0700 folders
-    for path in staging.rglob("*"):  # and some writers make 0600 files
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old)
-    else:
-        os.rename(staging, target)
-
-
 
 
 # ---- summary and model card -----------------------------------------------------------------

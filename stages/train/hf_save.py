@@ -15,9 +15,7 @@ renamed when complete, so a killed save leaves the previous export (or nothing) 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +24,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from stages.common.errors import UserError
+from stages.common.fsutil import publish_dir, staging_dir
+from stages.common.runtime import DTYPES
 from stages.train.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
@@ -37,8 +37,8 @@ _NOT_COPIED = frozenset({"config.json", "model.safetensors.index.json",
                          "pytorch_model.bin.index.json"})
 # Same order as the adapters' loader: audio LLMs register as seq2seq LMs in transformers.
 _AUTO_CLASSES = (AutoModelForSeq2SeqLM, AutoModelForCausalLM)
-EXPORT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}
+# Dtypes the weights can be saved in: those of --dtype everywhere.
+EXPORT_DTYPES = DTYPES
 
 
 def resolve_model_dir(path_or_id: str | Path) -> Path:
@@ -115,34 +115,11 @@ def save_hf_folder(model: nn.Module, base_dir: str | Path, export_dir: str | Pat
             raise UserError(f"the trained weights do not fit the architecture in {base}/config."
                             f"json ({err}); export with the folder training started from") from err
         plain.to(dtype)
-        _write_atomically(plain, base, export_dir)
+        with staging_dir(export_dir) as staging:
+            plain.save_pretrained(staging)
+            copy_side_files(base, staging)
+            publish_dir(staging, export_dir)
         log.info("saved the trained model to %s", export_dir)
     barrier()
     return export_dir
 
-
-def _write_atomically(plain: nn.Module, base: Path, export_dir: Path) -> None:
-    export_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{export_dir.name}.", suffix=".tmp",
-                                    dir=export_dir.parent))
-    try:
-        plain.save_pretrained(staging)
-        copy_side_files(base, staging)
-        os.chmod(staging, 0o777 & ~_umask())
-        if export_dir.exists():
-            old = export_dir.with_name(f".{export_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(export_dir, old)
-            os.rename(staging, export_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -58,7 +58,7 @@ class SftObjective:
         supervised_columns = (labels != IGNORE_INDEX).any(0).nonzero()
         first = int(supervised_columns[0])
         keep = labels.shape[1] - first + 1
-        logits = self.adapter._logits_at_tail(inputs, keep)[:, :-1].float()
+        logits = self.adapter.logits_at_tail(inputs, keep)[:, :-1].float()
         targets = labels[:, first:]
         flat_targets = targets.reshape(-1)
         loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat_targets,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import math
 import os
@@ -39,8 +38,9 @@ from typing import Any
 import torch
 
 from stages.common.errors import UserError
-from stages.common.jsonl import iter_lines, write_json
+from stages.common.jsonl import iter_jsonl, read_jsonl, write_json
 from stages.common.provenance import provenance
+from stages.common.runtime import add_runtime_arguments, set_threads
 from stages.data.batching import Utterance, load_batch, read_utterances
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
@@ -110,10 +110,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, lr: float, warmup
     add_loop_arguments(parser)
 
     run = parser.add_argument_group("runtime and export")
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                     help="auto: CUDA when available (default auto)")
-    run.add_argument("--threads", type=int, default=None,
-                     help="torch CPU threads per process (default: torch's choice)")
+    add_runtime_arguments(run, devices=("auto", "cpu", "cuda"))  # --threads: per process
     run.add_argument("--trust-remote-code", action="store_true",
                      help="allow checkpoints that ship their own model code")
     run.add_argument("--export-dir", type=Path, default=None,
@@ -183,8 +180,8 @@ def require_languages(utterances: Sequence[Utterance], manifest: str | Path,
 
 
 def _line_of(manifest: str | Path, utt_id: str) -> int | str:
-    for number, line in iter_lines(manifest):
-        if line.strip() and str(json.loads(line).get("id")) == utt_id:
+    for number, row in iter_jsonl(manifest):
+        if str(row.get("id")) == utt_id:
             return number
     return "?"
 
@@ -202,16 +199,15 @@ class TrainingSession:
     @classmethod
     def start(cls, args: argparse.Namespace, *, stage: str,
               inputs: dict[str, str | Path]) -> TrainingSession:
-        """Check the options, join the process group, set threads and seed."""
-        if args.threads is not None and args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        """Check the options, set threads, join the process group and seed. Use it as a context
+        manager (``with TrainingSession.start(...) as session:``): leaving the block leaves the
+        process group."""
+        set_threads(args.threads)
         session_schedule(args)  # option errors before anything starts
         try:
             loop_config_from_args(args, args.output_dir)
         except ValueError as err:
             raise UserError(f"training-loop options: {err}") from err
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
         env = init_distributed(None if args.device == "auto" else args.device)
         if env.device.type == "cuda":
             # cuDNN's attention backward returns NaN gradients for some masked sequence lengths
@@ -360,11 +356,15 @@ class TrainingSession:
     def close(self) -> None:
         shutdown()
 
+    def __enter__(self) -> TrainingSession:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for _, line in iter_lines(path) if line.strip()]
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _fmt(value: float | None) -> str:

@@ -68,6 +68,54 @@ def opd_model(recipe):
     return f"{OUT}/models/opd_{recipe}"
 
 
+for _role, _path in (
+    ("teacher", teacher_model()),
+    ("student_base", student_base_model()),
+):
+    if not _path:
+        raise WorkflowError(
+            f"config: models.{_role} is not set. Give a model folder or hub id there, or set "
+            "demo.enabled: true to use the demo's own models."
+        )
+
+# Stage option passed to every stage that loads a model.
+REMOTE_CODE = "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
+
+
+def family_option(role, flag="--family"):
+    """`<flag> <family>` when models.<role>_family names the adapter family, else "" (the
+    stage detects it from the checkpoint)."""
+    family = config["models"][f"{role}_family"]
+    return f"{flag} {family}" if family else ""
+
+
+def is_local_model(path):
+    """A model folder made by this DAG or on disk, rather than a hub id such as `org/name`:
+    only folders are job inputs, so a hub model does not count as a missing file."""
+    return (
+        path.startswith(f"{OUT}/")
+        or path.startswith(".")
+        or Path(path).is_absolute()
+        or Path(path).exists()
+    )
+
+
+def local_model_inputs(**paths):
+    """{name: path} of the model folders among `paths` (hub ids left out), for `input:`."""
+    return {name: path for name, path in paths.items() if is_local_model(path)}
+
+
+def training_launcher(section):
+    """How a training job of a config section (`gpus`, `launcher`) starts: one process,
+    torchrun on one node, or the user's template with {gpus} filled in. Rules pass it to
+    `params:` inside a function: Snakemake would read other braces of a template (${VAR})
+    as wildcards."""
+    gpus = section["gpus"]
+    if section["launcher"] != "auto":
+        return section["launcher"].replace("{gpus}", str(gpus))
+    return "python" if gpus == 1 else f"torchrun --standalone --nproc_per_node {gpus}"
+
+
 def validate_options(wildcards, output):
     name = wildcards.name
     limit = "max_seconds_train" if name in TRAINING_MANIFESTS else "max_seconds_eval"

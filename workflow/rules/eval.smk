@@ -23,12 +23,6 @@ for _recipe in OPD_RECIPES:
         opd_model(_recipe),
         config["models"]["student_family"],
     )
-for _role in ("teacher", "student_base"):
-    if not EVAL_MODEL_SOURCES[_role][0]:
-        raise WorkflowError(
-            f"config: models.{_role} is not set. Give a model folder or hub id there, or set "
-            "demo.enabled: true to use the demo's own models."
-        )
 for _name, _path in config["models"]["extra"].items():
     if _name in EVAL_MODEL_SOURCES:
         raise WorkflowError(
@@ -46,14 +40,6 @@ for _name, _path in config["models"]["extra"].items():
 EVAL_MODELS = list(EVAL_MODEL_SOURCES)
 # Model name -> its folder (or hub id).
 eval_model_dir = lambda name: EVAL_MODEL_SOURCES[name][0]
-# A folder (made by this DAG, or on disk) rather than a hub id such as `org/name`: only folders
-# are job inputs, so a hub model does not count as a missing file.
-is_local_model = lambda path: (
-    path.startswith(f"{OUT}/")
-    or path.startswith(".")
-    or Path(path).is_absolute()
-    or Path(path).exists()
-)
 
 EVAL_SUMMARIES = expand(
     "{out}/eval/{model}/summary_{preset}.json",
@@ -73,11 +59,7 @@ rule evaluate:
         unpack(
             lambda wildcards: {
                 "manifest": validated(wildcards.preset),
-                **(
-                    {"model": eval_model_dir(wildcards.model)}
-                    if is_local_model(eval_model_dir(wildcards.model))
-                    else {}
-                ),
+                **local_model_inputs(model=eval_model_dir(wildcards.model)),
             }
         ),
     output:
@@ -107,9 +89,7 @@ rule evaluate:
         device=config["evaluate"]["device"],
         dtype=config["evaluate"]["dtype"],
         language_hint="on" if config["evaluate"]["language_hint"] else "off",
-        remote_code=(
-            "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
-        ),
+        remote_code=REMOTE_CODE,
     shell:
         "python -m stages.evaluate --model {params.model} --input {input.manifest}"
         " --output {output.rows} --summary {output.summary}"

@@ -10,13 +10,6 @@ EXPORT_RECIPES = config["opd"]["recipes"]
 EXPORT_DIR = opd_model("{recipe}")
 # Every export (for `rule all`).
 EXPORT_TARGETS = expand(EXPORT_DIR, recipe=EXPORT_RECIPES)
-# A folder (made by this DAG, or on disk) rather than a hub id: only folders are job inputs.
-export_local_model = lambda path: (
-    path.startswith(f"{OUT}/")
-    or path.startswith(".")
-    or Path(path).is_absolute()
-    or Path(path).exists()
-)
 
 
 rule export:
@@ -25,11 +18,7 @@ rule export:
             lambda wildcards: {
                 "summary": f"{OUT}/train/opd_{wildcards.recipe}/train_summary.json",
                 "probe": validated(PRESETS[0]),
-                **(
-                    {"base": recipe_student(wildcards.recipe)}
-                    if export_local_model(recipe_student(wildcards.recipe))
-                    else {}
-                ),
+                **local_model_inputs(base=recipe_student(wildcards.recipe)),
             }
         ),
     output:
@@ -56,12 +45,8 @@ rule export:
                     if EXPORT["tolerance"] is not None
                     else ""
                 ),
-                (
-                    f"--family {config['models']['student_family']}"
-                    if config["models"]["student_family"]
-                    else ""
-                ),
-                "--trust-remote-code" if config["models"]["trust_remote_code"] else "",
+                family_option("student"),
+                REMOTE_CODE,
             ]
         ),
     shell:

@@ -15,13 +15,6 @@ TD_TARGETS = [
     f"{TD_DIR}/report.md",
     student_td_model(),
 ]
-# A folder (made by this DAG, or on disk) rather than a hub id: only folders are job inputs.
-td_local_model = lambda path: (
-    path.startswith(f"{OUT}/")
-    or path.startswith(".")
-    or Path(path).is_absolute()
-    or Path(path).exists()
-)
 TD_FILTER_OPTIONS = " ".join(
     [
         "--filters " + " ".join(TD["filters"]),
@@ -49,11 +42,7 @@ rule teacher_data:
         unpack(
             lambda wildcards: {
                 "pool": validated("td_pool"),
-                **(
-                    {"teacher": teacher_model()}
-                    if td_local_model(teacher_model())
-                    else {}
-                ),
+                **local_model_inputs(teacher=teacher_model()),
             }
         ),
     output:
@@ -71,14 +60,8 @@ rule teacher_data:
         gpu=1,
     params:
         teacher=teacher_model(),
-        family=(
-            f"--family {config['models']['teacher_family']}"
-            if config["models"]["teacher_family"]
-            else ""
-        ),
-        remote_code=(
-            "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
-        ),
+        family=family_option("teacher"),
+        remote_code=REMOTE_CODE,
         num_shards=TD["shards"],
         batch_size=TD["batch_size"],
         max_new_tokens=TD["max_new_tokens"],
@@ -120,11 +103,7 @@ rule td_adapt:
         unpack(
             lambda wildcards: {
                 "train": f"{TD_DIR}/td.jsonl",
-                **(
-                    {"model": student_base_model()}
-                    if td_local_model(student_base_model())
-                    else {}
-                ),
+                **local_model_inputs(model=student_base_model()),
             }
         ),
     output:
@@ -138,24 +117,10 @@ rule td_adapt:
     resources:
         gpu=TD_ADAPT["gpus"],
     params:
-        launch=(
-            (
-                "python"
-                if TD_ADAPT["gpus"] == 1
-                else f"torchrun --standalone --nproc_per_node {TD_ADAPT['gpus']}"
-            )
-            if TD_ADAPT["launcher"] == "auto"
-            else TD_ADAPT["launcher"].format(gpus=TD_ADAPT["gpus"])
-        ),
+        launch=lambda wildcards: training_launcher(TD_ADAPT),
         model=student_base_model(),
-        family=(
-            f"--family {config['models']['student_family']}"
-            if config["models"]["student_family"]
-            else ""
-        ),
-        remote_code=(
-            "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
-        ),
+        family=family_option("student"),
+        remote_code=REMOTE_CODE,
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         options=" ".join(
             f"--{key.replace('_', '-')} {TD_ADAPT[key]}"

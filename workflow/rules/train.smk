@@ -10,28 +10,6 @@ BOOTSTRAP = config["bootstrap"]
 CALIBRATE = config["calibrate"]
 OPD = config["opd"]
 OPD_TRAIN_RECIPES = OPD["recipes"]
-for _role, _path in (
-    ("teacher", teacher_model()),
-    ("student_base", student_base_model()),
-):
-    if not _path:
-        raise WorkflowError(
-            f"config: models.{_role} is not set. Give a model folder or hub id there, or set "
-            "demo.enabled: true to use the demo's own models."
-        )
-
-# A folder made by this DAG or on disk (a job input) rather than a hub id such as `org/name`.
-train_local_model = lambda path: (
-    path.startswith(f"{OUT}/")
-    or path.startswith(".")
-    or Path(path).is_absolute()
-    or Path(path).exists()
-)
-# {name: path} of the model folders that are files on disk, for `input:`.
-train_model_inputs = lambda **paths: {
-    name: path for name, path in paths.items() if train_local_model(path)
-}
-REMOTE_CODE = "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
 # Options of the OPD step, shared by calibrate and train_opd so both run the same step.
 OPD_STEP_OPTIONS = " ".join(
     [
@@ -45,28 +23,10 @@ OPD_STEP_OPTIONS = " ".join(
         ),
         f"--fallback-language {shlex.quote(OPD['fallback_language'])}",
         f"--latin-language {shlex.quote(OPD['latin_language'])}",
-        (
-            f"--student-family {config['models']['student_family']}"
-            if config["models"]["student_family"]
-            else ""
-        ),
-        (
-            f"--teacher-family {config['models']['teacher_family']}"
-            if config["models"]["teacher_family"]
-            else ""
-        ),
+        family_option("student", "--student-family"),
+        family_option("teacher", "--teacher-family"),
         REMOTE_CODE,
     ]
-)
-# How a training job starts: one process, torchrun on one node, or the user's template.
-OPD_LAUNCHER = (
-    (
-        "python"
-        if OPD["gpus"] == 1
-        else f"torchrun --standalone --nproc_per_node {OPD['gpus']}"
-    )
-    if OPD["launcher"] == "auto"
-    else OPD["launcher"].replace("{gpus}", str(OPD["gpus"]))
 )
 # SFT options of a bootstrap run (`role`: teacher or student).
 bootstrap_options = lambda role: " ".join(
@@ -135,7 +95,7 @@ if DEMO:
 rule calibrate:
     input:
         unpack(
-            lambda wildcards: train_model_inputs(
+            lambda wildcards: local_model_inputs(
                 student=recipe_student(wildcards.recipe), teacher=teacher_model()
             )
         ),
@@ -180,7 +140,7 @@ rule calibrate:
 rule train_opd:
     input:
         unpack(
-            lambda wildcards: train_model_inputs(
+            lambda wildcards: local_model_inputs(
                 student=recipe_student(wildcards.recipe), teacher=teacher_model()
             )
         ),
@@ -198,8 +158,7 @@ rule train_opd:
     resources:
         gpu=OPD["gpus"],
     params:
-        # a function: Snakemake would read braces of a template (${VAR}) as wildcards
-        launcher=lambda wildcards: OPD_LAUNCHER,
+        launcher=lambda wildcards: training_launcher(OPD),
         student=lambda wildcards: recipe_student(wildcards.recipe),
         teacher=teacher_model(),
         train_dir=lambda wildcards, output: Path(output.summary).parent,
