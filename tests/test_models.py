@@ -146,6 +146,28 @@ def test_tokenizer_round_trips_every_demo_language(tiny):
     assert len(tokenizer.encode(sample, add_special_tokens=False)) < len(sample.encode()) / 2
 
 
+def test_tokenizer_never_merges_across_chinese_characters_or_kana(tiny):
+    tokenizer = AutoTokenizer.from_pretrained(tiny[0] / "tokenizer")
+    for text in [t for lang in ("zh", "ja") for t in CORPUS[lang]]:
+        for token in tokenizer.encode(text, add_special_tokens=False):
+            piece = tokenizer.decode([token])
+            # A token is part of one character or one whole character, never a phrase.
+            assert len(piece) <= 1 or not any("\u3040" <= c <= "\u9fff" for c in piece), piece
+
+
+def test_audio_front_end_keeps_feature_scale(tiny):
+    # transformers' N(0, 0.02) would shrink the mel features ~1000x through three convolutions;
+    # the tiny models re-initialise them scale-preserving (kaiming) so the audio is heard.
+    for name, cls in (("teacher_init", Qwen3ASRForConditionalGeneration),
+                      ("student_init", GlmAsrForConditionalGeneration)):
+        tower = cls.from_pretrained(tiny[0] / name).model.audio_tower
+        convs = [m for m in tower.modules() if isinstance(m, torch.nn.Conv1d | torch.nn.Conv2d)]
+        assert convs
+        for conv in convs:
+            fan_in = conv.weight[0].numel()
+            assert conv.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.15)
+
+
 def test_saved_dirs_reload_with_auto_classes(tiny):
     out, summary = tiny
     shared = AutoTokenizer.from_pretrained(out / "tokenizer").get_vocab()

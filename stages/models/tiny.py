@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    pre_tokenizers,
+    trainers,
+)
+from torch import nn
 from transformers import (
     GenerationConfig,
     GlmAsrConfig,
@@ -73,6 +82,7 @@ GLM_AUDIO_TOKEN = "<|pad|>"
 TIMESTAMP = "<timestamp>"
 SPECIAL_TOKENS = [ENDOFTEXT, IM_START, IM_END, *QWEN_AUDIO.values(), TIMESTAMP,
                   *GLM_ROLES.values(), GLM_AUDIO_START, GLM_AUDIO_END, GLM_AUDIO_TOKEN]
+UNSPACED_CHARACTER = r"[\p{Han}\p{Hiragana}\p{Katakana}]"  # one token each at most
 ASR_TEXT = "<asr_text>"  # Qwen3-ASR's header end: a normal token, never blocked
 STUDENT_INSTRUCTION = "Please transcribe this audio into text"
 
@@ -178,7 +188,12 @@ def _prompt_phrases() -> list[str]:
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Byte-level BPE over all 256 bytes plus both families' control tokens."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Chinese characters and kana stand alone before byte-level splitting: text without spaces
+    # would otherwise merge into phrase tokens (e.g. 在图书馆, 买了苹果) that are rare in a small
+    # corpus and unseen in new sentences, which a tiny model cannot learn to transcribe.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(UNSPACED_CHARACTER), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
@@ -199,6 +214,27 @@ def logit_width(tokenizer, multiple: int) -> int:
 
 
 # ---- models -------------------------------------------------------------------------------------
+
+def init_audio_front_end(audio_tower: nn.Module) -> None:
+    """Scale-preserving init of the audio encoder's convolutional front end.
+
+    transformers draws every weight from N(0, 0.02), right for fine-tuning a pretrained model but
+    not for a tiny one trained from scratch: three such 3x3 convolutions shrink the mel features
+    about a thousandfold, so in Qwen3-ASR's encoder the sinusoidal position embedding added next
+    swamps them and the encoder's output hardly depends on the audio (the LM then learns the
+    grammar and ignores the sound). Kaiming-normal convolutions (GELU ~ ReLU gain) and a
+    fan-in-scaled output projection keep the features at the scale of the position signal.
+    """
+    for module in audio_tower.modules():
+        if isinstance(module, nn.Conv1d | nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        elif isinstance(module, nn.Linear) and module is getattr(audio_tower, "conv_out", None):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="linear")
+        else:
+            continue
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
 
 def build_teacher(tokenizer, spec: dict[str, Any], seed: int):
     """A tiny Qwen3-ASR (model, processor) with random weights from ``seed``."""
@@ -228,6 +264,7 @@ def build_teacher(tokenizer, spec: dict[str, Any], seed: int):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = Qwen3ASRForConditionalGeneration(config)
+        init_audio_front_end(model.model.audio_tower)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     extractor = Qwen3ASRFeatureExtractor(feature_size=spec["num_mel_bins"])
     processor = Qwen3ASRProcessor(feature_extractor=extractor, tokenizer=tokenizer,
@@ -261,6 +298,7 @@ def build_student(tokenizer, spec: dict[str, Any], seed: int):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = GlmAsrForConditionalGeneration(config)
+        init_audio_front_end(model.model.audio_tower)
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=pad)
     extractor = WhisperFeatureExtractor(feature_size=spec["num_mel_bins"],
                                         chunk_length=spec["chunk_seconds"])
