@@ -22,7 +22,7 @@ Outputs under --output-dir:
 
 Example:
   python -m stages.synth_demo --output-dir results/demo/corpus --seed 1234 \\
-      --sizes train=600 td_pool=300 aishell=40 meeting=40 net=40 clean=40 other=40 --workers 2
+      --sizes train=1100 td_pool=300 aishell=40 meeting=40 net=40 clean=40 other=40 --workers 2
 """
 
 from __future__ import annotations

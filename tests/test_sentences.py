@@ -37,7 +37,7 @@ def _draw(language: str, seed: int, count: int):
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_scripts_lengths_and_vocabulary(language):
     vocab = vocabulary(language)
-    assert 40 <= len(vocab) <= 80
+    assert 20 <= len(vocab) <= 32
     used = set()
     for sentence in _draw(language, 0, 3000):
         assert SCRIPTS[language].fullmatch(sentence.text), sentence.text
@@ -50,9 +50,9 @@ def test_scripts_lengths_and_vocabulary(language):
 @pytest.mark.parametrize("language", LANGUAGES)
 def test_combinations_are_numerous(language):
     texts = [sentence.text for sentence in _draw(language, 1, 4000)]
-    # Most eval sentences must be unseen as whole sentences: the space is far larger than a
-    # few hundred training sentences.
-    assert len(set(texts)) > 1500
+    # The evaluated languages (zh, en) need room for ~800 distinct training sentences plus
+    # their td_pool and eval partitions; the others fill a few dozen clips each.
+    assert len(set(texts)) > (800 if language in ("zh", "en") else 150)
 
 
 def test_deterministic_for_a_seed():

@@ -7,7 +7,7 @@ voice, rate, pitch, degradations, a per-clip seed) in the calling process, and
 
 Splits: ``train`` and ``td_pool`` mix languages (weighted to zh and en) with mild augmentation on
 about half of the clips; the five evaluation presets mirror the paper's benchmarks: ``aishell``
-(zh clean), ``meeting`` (zh, noise 5-15 dB + reverberation), ``net`` (zh, speed, pitch and a
+(zh clean), ``meeting`` (zh, noise 10-20 dB + reverberation), ``net`` (zh, speed, pitch and a
 telephone codec), ``clean`` (en clean) and ``other`` (en, harder voices + noise 10-20 dB).
 Evaluation sentences come from a sentence partition disjoint from the training one.
 """
@@ -38,7 +38,7 @@ from stages.data.sentences import LANGUAGES, generate_sentence, sample_sentences
 log = logging.getLogger(__name__)
 
 EVAL_PRESETS = ("aishell", "meeting", "net", "clean", "other")
-DEFAULT_SIZES = {"train": 600, "td_pool": 300, "aishell": 40, "meeting": 40, "net": 40,
+DEFAULT_SIZES = {"train": 1100, "td_pool": 300, "aishell": 40, "meeting": 40, "net": 40,
                  "clean": 40, "other": 40}
 
 # Voice variants: the ordinary ones for most clips, harder ones for "other" and a few training
@@ -84,7 +84,7 @@ RECIPES = {
     "td_pool": Recipe(partition="td_pool", **_TRAIN_RECIPE),
     "aishell": Recipe(language="zh", partition="eval"),
     "meeting": Recipe(language="zh", partition="eval", noise_kinds=("babble", "babble", "pink"),
-                      snr_db=(5.0, 15.0), rt60=(0.3, 0.8)),
+                      snr_db=(10.0, 20.0), rt60=(0.3, 0.6)),
     "net": Recipe(language="zh", partition="eval", speed=(0.85, 1.15), pitch=(20, 80),
                   codec=True),
     "clean": Recipe(language="en", partition="eval"),
