@@ -35,7 +35,7 @@ demo: $(STAMP)
 		--workflow-profile workflow/profiles/default $(SNAKEMAKE_ARGS) && \
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --report results/report.html \
 		--workflow-profile workflow/profiles/default $(SNAKEMAKE_ARGS) && \
-	echo && awk '/^## Results/{p=1} p&&/^## /&&!/^## Results/{exit} p' results/report/report.md && \
+	echo && awk '/^## Error rates/{p=1; print; next} p && /^## /{exit} p' results/report/report.md && \
 	echo "demo finished in $$(( $$(date +%s) - start )) s; report: results/report/report.md," \
 		"results/report.html"
 

@@ -281,7 +281,7 @@ def test_short_opd_run_moves_the_student_toward_the_teacher(opd_corpus, opd_mode
     torch.manual_seed(0)
     sft(teacher, opd_corpus, steps=90, lr=3e-3, batch_size=6, seed=0)
     # The student learns less than the teacher.
-    sft(student, opd_corpus, steps=60, lr=3e-3, batch_size=6, seed=1)
+    sft(student, opd_corpus, steps=30, lr=3e-3, batch_size=6, seed=1)
     batches = [batch_of(opd_corpus[:6]), batch_of(opd_corpus[6:], keep_language=[False] * 6)]
     rows = run_opd(student, teacher, build_vocab_map(student, teacher), batches,
                    OpdConfig(top_k=16, max_new_tokens=24), steps=24, lr=1e-3)

@@ -42,7 +42,8 @@ def planned_jobs(output: str) -> dict[str, int]:
 
 
 def test_dry_run_plans_demo_dag(venv_env):
-    result = snakemake("-n", "--quiet", "rules", env=venv_env)
+    # --forceall: plan the whole DAG even where an earlier `make demo` left results behind.
+    result = snakemake("-n", "--forceall", "--quiet", "rules", env=venv_env)
     jobs = planned_jobs(result.stdout + result.stderr)
     assert jobs == {
         "synth_demo": 1, "validate": 7,  # one validation per manifest: train, td_pool, presets
