@@ -70,8 +70,7 @@ from stages.common.runtime import (
 )
 from stages.data.batching import read_utterances
 from stages.eval.decode import DecodeResult, decode_utterances
-from stages.eval.errors import METRICS, score_rows
-from stages.eval.normalize import NORMALIZERS, default_normalizer, normalizer
+from stages.eval.errors import add_metric_arguments, normalizer_from_args, score_rows
 from stages.models import add_model_arguments, load_adapter
 
 log = logging.getLogger("stages.evaluate")
@@ -83,11 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="validated manifest (JSONL) with references")
     p.add_argument("--output", required=True, help="per-utterance rows (JSONL), worst first")
     p.add_argument("--summary", required=True, help="summary JSON")
-    p.add_argument("--metric", required=True, choices=METRICS, help="cer or wer")
-    p.add_argument("--normalizer", choices=NORMALIZERS, default=None,
-                   help="text normalizer (default: zh for cer, en for wer)")
-    p.add_argument("--en-spelling", default=None, metavar="JSON",
-                   help="spelling map for the en normalizer (e.g. a Whisper normalizer.json)")
+    add_metric_arguments(p)
     p.add_argument("--batch-size", type=int, default=16, help="utterances per batch (16)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="response length cap in tokens (256)")
@@ -136,8 +131,7 @@ def main(args: argparse.Namespace) -> int:
     # Outputs describe the last run only: a failure must not leave an earlier summary behind.
     for path in (args.output, args.summary):
         Path(path).unlink(missing_ok=True)
-    norm_name = args.normalizer or default_normalizer(args.metric)
-    normalize = normalizer(norm_name, english_spelling=args.en_spelling)
+    norm_name, normalize = normalizer_from_args(args)
     utterances = read_utterances(args.input, require_text=True)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

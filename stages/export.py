@@ -11,7 +11,7 @@ probe batch both must decode the same greedy responses and give the same teacher
 then goes to <output>.failed.json and --output is left as it was.
 
 Inputs:
-  --checkpoint DIR   a step_XXXXXXXX checkpoint, a checkpoints/ folder or a training run folder
+  --checkpoint DIR   a step_<n> checkpoint, a checkpoints/ folder or a training run folder
                      (the latter two: the newest complete checkpoint)
   --base DIR         the model folder (or cached hub id) the run started from: architecture and
                      processor files. Default: base_model of the run's train_summary.json

@@ -40,8 +40,7 @@ from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import iter_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
-from stages.eval.errors import METRICS, score_rows
-from stages.eval.normalize import NORMALIZERS, default_normalizer, normalizer
+from stages.eval.errors import add_metric_arguments, normalizer_from_args, score_rows
 
 log = logging.getLogger("stages.score")
 
@@ -51,19 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="predictions JSONL")
     p.add_argument("--output", required=True, help="scored JSONL, worst first")
     p.add_argument("--summary", required=True, help="summary JSON")
-    p.add_argument("--metric", required=True, choices=METRICS, help="cer or wer")
-    p.add_argument("--normalizer", choices=NORMALIZERS, default=None,
-                   help="text normalizer (default: zh for cer, en for wer)")
+    add_metric_arguments(p)
     p.add_argument("--ref-key", default="text", help="reference field (default: text)")
     p.add_argument("--hyp-key", default="pred_text", help="prediction field (default: pred_text)")
-    p.add_argument("--en-spelling", default=None, metavar="JSON",
-                   help="spelling map for the en normalizer (e.g. a Whisper normalizer.json)")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    name = args.normalizer or default_normalizer(args.metric)
-    normalize = normalizer(name, english_spelling=args.en_spelling)
+    name, normalize = normalizer_from_args(args)
     numbered = list(iter_jsonl(args.input))  # line numbers for error messages
     if not numbered:
         raise UserError(f"{args.input}: no rows to score; check that the predictions were "

@@ -13,7 +13,7 @@ Inputs:
   --train MANIFEST   validated manifest (python -m stages.validate); every row needs a non-empty
                      --text-field; Qwen3-ASR models also need `language` (it is in their answer)
 Outputs under --output-dir:
-  checkpoints/step_XXXXXXXX/   DCP checkpoints (model, optimizer, schedule, data position, RNG)
+  checkpoints/step_<n>/        DCP checkpoints (model, optimizer, schedule, data position, RNG)
   metrics.jsonl                one row per step: loss (mean token CE), acc (token accuracy),
                                tokens, grad_norm, lr, tokens_per_s, time_* (stages/train/loop.py)
   tensorboard/                 the same metrics (unless --no-tensorboard)
@@ -25,7 +25,7 @@ Outputs under --output-dir:
 
 Resuming: --resume auto (default) continues the newest complete checkpoint of --output-dir
 when its settings match (a run killed at any moment loses at most --save-every steps); latest
-demands one; none refuses existing checkpoints; a step_XXXXXXXX path forces that one. Settings
+demands one; none refuses existing checkpoints; a step_<n> path forces that one. Settings
 are every option except the loop length, saving, runtime and export ones, plus fingerprints
 (file sizes and times) of --model and --train; checkpoints of other settings are refused, or
 with --stale-checkpoints set-aside moved to checkpoints.stale-<hash>/ (the workflow does this).

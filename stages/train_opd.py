@@ -20,7 +20,7 @@ Inputs:
   --train MANIFEST                validated training manifest (`language` optional)
   --calibration FILE              calibration.json of stages.calibrate (must have passed)
 Outputs under --output-dir:
-  checkpoints/step_XXXXXXXX/   DCP checkpoints (student, optimizer, schedule, data position, RNG)
+  checkpoints/step_<n>/        DCP checkpoints (student, optimizer, schedule, data position, RNG)
   metrics.jsonl                one row per step: loss, grad_norm, lr, vuss and
                                opd_valid_topk_mean, teacher_mass, top1_agree, kl, used_fraction,
                                rollout_len(_max), stopped, nonempty, unmapped_tokens,

@@ -28,6 +28,7 @@ from stages.models import load_adapter
 from stages.models.audio_chat_lm import AudioChatLmAdapter
 from stages.models.qwen3_asr import Qwen3AsrAdapter
 from stages.models.tiny import build_tiny_models, resolve_spec
+from stages.opd.short_run import SPEC as SMALL_SPEC  # small enough for seconds per test
 from stages.tiny_models import build_parser, main
 
 CORPUS = {
@@ -37,15 +38,6 @@ CORPUS = {
     "de": ["Guten Tag, wie geht's?", "Äpfel über Öl und Straße."],
     "fr": ["Bonjour, ça va ? Très bien, merci.", "Où est la gare, s'il vous plaît ?"],
     "en": ["Hello world, this is a test.", "The quick brown fox jumps over the lazy dog."],
-}
-SMALL_SPEC = {
-    "vocab_size": 600, "vocab_multiple": 64, "chunk_seconds": 4,
-    "teacher": {"hidden_size": 128, "layers": 2, "heads": 4, "kv_heads": 2,
-                "intermediate_size": 256, "audio_hidden_size": 128, "audio_layers": 2,
-                "audio_heads": 4, "audio_ffn_size": 256, "audio_conv_channels": 32},
-    "student": {"hidden_size": 64, "layers": 2, "heads": 4, "kv_heads": 2,
-                "intermediate_size": 128, "audio_hidden_size": 64, "audio_layers": 2,
-                "audio_heads": 4},
 }
 ATOL = 1e-4  # generation (KV cache, one step at a time) vs one teacher-forced pass
 # Same clip, same code path, other batch mates: only padding changes. Batching through the

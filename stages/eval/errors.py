@@ -13,6 +13,7 @@ utterance's error rate is undefined (``None``, JSON null).
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import jiwer
 from tqdm import tqdm
 
 from stages.common.errors import UserError
+from stages.eval.normalize import NORMALIZERS, Normalizer, default_normalizer
 from stages.eval.normalize import normalizer as make_normalizer
 
 METRICS = ("cer", "wer")
@@ -64,6 +66,21 @@ class ErrorCounts:
                            self.deletions + other.deletions,
                            self.insertions + other.insertions,
                            self.ref_len + other.ref_len)
+
+
+def add_metric_arguments(p: argparse.ArgumentParser) -> None:
+    """--metric, --normalizer and --en-spelling, as every scoring CLI takes them."""
+    p.add_argument("--metric", required=True, choices=METRICS, help="cer or wer")
+    p.add_argument("--normalizer", choices=NORMALIZERS, default=None,
+                   help="text normalizer (default: zh for cer, en for wer)")
+    p.add_argument("--en-spelling", default=None, metavar="JSON",
+                   help="spelling map for the en normalizer (e.g. a Whisper normalizer.json)")
+
+
+def normalizer_from_args(args: argparse.Namespace) -> tuple[str, Normalizer]:
+    """(name, function) of the normalizer that :func:`add_metric_arguments` options select."""
+    name = args.normalizer or default_normalizer(args.metric)
+    return name, make_normalizer(name, english_spelling=args.en_spelling)
 
 
 def _check_metric(metric: str) -> None:

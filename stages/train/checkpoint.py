@@ -1,16 +1,16 @@
 """Checkpoints with torch.distributed.checkpoint (DCP) that a killed run can always resume from.
 
-Layout of ``<root>/step_XXXXXXXX/`` (8-digit loop step)::
+Layout of ``<root>/step_<n>/``, n the loop step in 8 digits (``step_00000850``)::
 
     .metadata, __*_*.distcp   DCP: {"model": ..., "optim": ...}, every rank writes its shards
     rng/rank_XXXXX.pt         each rank's python/numpy/torch(/CUDA) generator states
     meta.json                 step counters, data position, scheduler state, world size at save,
                               config hash, provenance; written last: it marks the folder complete
 
-Atomicity: everything is written into ``.step_XXXXXXXX.tmp``; after a barrier rank 0 writes
+Atomicity: everything is written into ``.step_<n>.tmp``; after a barrier rank 0 writes
 ``meta.json`` and renames the folder. A kill at any moment leaves either the previous complete
 checkpoints untouched plus a tmp folder (ignored, removed by the next save) or the new complete
-one. ``latest`` is the newest folder named ``step_XXXXXXXX`` that holds ``meta.json``. Older ones
+one. ``latest`` is the newest folder named ``step_<n>`` that holds ``meta.json``. Older ones
 beyond ``keep_last`` are deleted only after a newer one is complete. All ranks must see the same
 folder (a shared file system across nodes).
 
@@ -115,7 +115,7 @@ def read_meta(ckpt_dir: str | Path) -> dict[str, Any]:
     ckpt_dir = Path(ckpt_dir)
     if not (ckpt_dir / META_FILE).is_file():
         raise UserError(f"{ckpt_dir}: not a complete checkpoint (no {META_FILE}); pass a "
-                        "step_XXXXXXXX folder written by the training stage")
+                        "step_<n> folder written by the training stage")
     return read_json(ckpt_dir / META_FILE)
 
 

@@ -1,6 +1,6 @@
 """Export a training checkpoint (DCP) as a verified Hugging Face model folder with a model card.
 
-The trained weights live in a DCP checkpoint (``checkpoints/step_XXXXXXXX/``); the architecture,
+The trained weights live in a DCP checkpoint (``checkpoints/step_<n>/``); the architecture,
 processor, tokenizer, chat template and generation config live in the *base* folder training
 started from. An export joins them: a plain model is built from the base folder's config
 (:func:`stages.train.hf_save.plain_model_from_config`), the checkpoint's weights are loaded into
@@ -90,17 +90,17 @@ class CheckpointSource:
 
 
 def resolve_checkpoint(spec: str | Path) -> CheckpointSource:
-    """A checkpoint from a ``step_XXXXXXXX`` folder, a ``checkpoints/`` folder or a run folder
+    """A checkpoint from a ``step_<n>`` folder, a ``checkpoints/`` folder or a run folder
     (the newest complete checkpoint of the last two)."""
     path = Path(spec)
     if not path.is_dir():
-        raise UserError(f"--checkpoint {path}: no such folder; give a step_XXXXXXXX checkpoint, "
+        raise UserError(f"--checkpoint {path}: no such folder; give a step_<n> checkpoint, "
                         "a checkpoints/ folder or a training run folder")
     if not (path / META_FILE).is_file():
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
         latest = latest_checkpoint(root)
         if latest is None:
-            raise UserError(f"--checkpoint {path}: no complete checkpoint (step_XXXXXXXX/ with "
+            raise UserError(f"--checkpoint {path}: no complete checkpoint (step_<n>/ with "
                             f"{META_FILE}) under {root}; has training saved one yet?")
         path = latest
     meta = read_meta(path)

@@ -108,7 +108,7 @@ def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
                        help="complete checkpoints to keep; 0 = all (default 3)")
     group.add_argument("--resume", default="auto",
                        help="latest | auto (latest if any, else fresh) | none | PATH to a "
-                            "step_XXXXXXXX folder (default auto)")
+                            "step_<n> folder (default auto)")
     group.add_argument("--seed", type=int, default=0, help="seed for init, data order, RNG")
     group.add_argument("--max-consecutive-skips", type=int, default=3,
                        help="abort after this many non-finite steps in a row (default 3)")
