@@ -6,7 +6,14 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
+# Every setting, at the value a real run starts from.
 configfile: "config/config.yaml"
+
+
+# The demo's own values, for a demo run only, beneath anything given on the command line.
+if config["demo"]["enabled"]:
+
+    configfile: "config/demo.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

@@ -3,7 +3,7 @@ bootstrap and OPD settings (the evaluate stage is the proper tool for reports).
 
 Each model decodes the first --clips utterances of each validated preset manifest (batched,
 manifest language given to the prompt, blocked special tokens) and is scored with the preset's
-metric and normalizer (stages.eval.errors.score_rows). Prints one line per model and preset
+metric and normalizer (stages.eval.scoring.score_rows). Prints one line per model and preset
 (error rate, empty predictions, seconds) and a few example transcripts; --json writes all of it.
 
 Run from the repository root:
@@ -21,21 +21,17 @@ from pathlib import Path
 
 import torch
 
-from stages.data.batching import duration_sorted_batches, load_batch, read_utterances
-from stages.eval.errors import score_rows
+from stages.data.batching import read_utterances
+from stages.eval.scoring import score_rows
 from stages.models import load_adapter
+from stages.models.transcribe import transcribe
 
 
 def decode(adapter, utterances, batch_size: int, max_new_tokens: int) -> list[dict]:
-    rows = []
-    for group in duration_sorted_batches(utterances, batch_size):
-        batch = load_batch(group)
-        responses = adapter.generate(batch.audios, batch.languages,
-                                     max_new_tokens=max_new_tokens)
-        for utt, ids in zip(group, responses, strict=True):
-            rows.append({"id": utt.id, "text": utt.text, "pred_text": adapter.decode_response(ids),
-                         "stopped": bool(ids) and ids[-1] == adapter.stop_token_id})
-    return rows
+    result = transcribe(adapter, utterances, batch_size=batch_size,
+                        max_new_tokens=max_new_tokens, progress=False)
+    return [{"id": t.utterance.id, "text": t.utterance.text, "pred_text": t.text,
+             "stopped": t.stopped} for t in result.transcripts]
 
 
 def main() -> None:

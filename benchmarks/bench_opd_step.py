@@ -5,7 +5,7 @@ model (896 hidden, 24 layers, 14 heads, 2 KV heads, 4864 FFN) behind a Whisper-s
 (768 hidden, 12 layers), a Qwen3-ASR-1.7B-size teacher (2048 hidden, 28 layers, 16 heads, 8 KV
 heads, 6144 FFN; 1024-wide 24-layer audio encoder), a 151,936-wide vocabulary, batch 40 of 10 s
 clips and 64 new tokens. The models are built with the same code as the demo's tiny models
-(stages.models.tiny) and used through the pipeline's adapters, FSDP2 wrapping (bf16 compute, fp32
+(stages.demo.tiny) and used through the pipeline's adapters, FSDP2 wrapping (bf16 compute, fp32
 master weights and reduction for the student; frozen bf16 teacher, not sharded) and OPD step.
 
 Weights are random, so rollouts never stop and always run the full 64 tokens (the worst case).
@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from stages.data.batching import AudioBatch, Utterance
-from stages.data.sentences import LANGUAGES, generate_sentence
+from stages.demo.sentences import LANGUAGES, generate_sentence
+from stages.demo.tiny import build_student, build_teacher, resolve_spec, save_dir, train_tokenizer
 from stages.models import load_adapter
-from stages.models.tiny import build_student, build_teacher, resolve_spec, save_dir, train_tokenizer
-from stages.opd.step import OpdConfig, opd_step, prepare_teacher
+from stages.opd.config import OpdConfig
+from stages.opd.step import opd_step, prepare_teacher
+from stages.opd.vocab import build_vocab_map
 from stages.train import OptimizerConfig, build_optimizer, init_distributed, shard_model
-from stages.train.objectives import build_vocab_map
 
 VOCAB = 151_936
 REAL_SPEC = {

@@ -9,7 +9,7 @@ output_dim 2048 (= the text hidden size; the class default 3584 is not the 1.7B 
 The tokenizer is the demo's byte-level BPE, so ids past it are blocked, as control tokens are
 for real checkpoints.
 
-It then times exactly what one teacher_data batch does (stages.td.transcribe.transcribe_batch:
+It then times exactly what one teacher_data batch does (stages.td.shards.transcribe_records:
 audio loading from wav files, feature extraction, greedy generation with the blocked-token
 mask, fp32 log-softmax of every generated token's logits) on batches of --seconds clips with a
 forced language header, for each --batch-sizes value, after one warm-up batch. Random weights
@@ -49,8 +49,7 @@ from transformers import (
 
 from stages.data.audio import TARGET_SAMPLE_RATE, write_wav
 from stages.data.batching import Utterance
-from stages.models.qwen3_asr import Qwen3AsrAdapter
-from stages.models.tiny import (
+from stages.demo.tiny import (
     ENDOFTEXT,
     IM_END,
     QWEN_AUDIO,
@@ -58,7 +57,8 @@ from stages.models.tiny import (
     TIMESTAMP,
     train_tokenizer,
 )
-from stages.td.transcribe import transcribe_batch
+from stages.models.qwen3_asr import Qwen3AsrAdapter
+from stages.td.shards import transcribe_records
 
 # The 1.7B shapes checked against Qwen3ASRConfig's defaults in full_config().
 FULL_TEXT = {"hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16,
@@ -171,12 +171,12 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
             groups = [clips[i * size:(i + 1) * size] for i in range(batches + 1)]
-            transcribe_batch(adapter, groups[0], max_new_tokens=max_new_tokens)  # warm-up
+            transcribe_records(adapter, groups[0], max_new_tokens=max_new_tokens)  # warm-up
             sync(device)
             times, tokens = [], 0
             for group in groups[1:]:
                 t0 = time.perf_counter()
-                records = transcribe_batch(adapter, group, max_new_tokens=max_new_tokens)
+                records = transcribe_records(adapter, group, max_new_tokens=max_new_tokens)
                 sync(device)
                 times.append(time.perf_counter() - t0)
                 tokens += sum(r["teacher_tokens"] for r in records)

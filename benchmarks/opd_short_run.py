@@ -14,7 +14,7 @@ Run from the repository root:
     python -m benchmarks.opd_short_run
     python -m benchmarks.opd_short_run --utterances 24 --opd-steps 80 --json /tmp/opd.json
 
-The pieces (corpus, models, SFT loop, OPD loop) are ``stages.opd.short_run``;
+The pieces (corpus, models, SFT loop, OPD loop) are ``tests.short_run``;
 tests/test_opd_step.py runs a reduced version with them.
 """
 
@@ -35,9 +35,9 @@ import torch
 from stages.data.batching import AudioBatch
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
-from stages.opd.short_run import batch_of, build_models, run_opd, sft, synthesize_corpus
-from stages.opd.step import OpdConfig
-from stages.train.objectives import build_vocab_map
+from stages.opd.config import OpdConfig
+from stages.opd.vocab import build_vocab_map
+from tests.short_run import batch_of, build_models, run_opd, sft, synthesize_corpus
 
 
 def transcripts(adapter: AsrAdapter, batches: Sequence[AudioBatch], max_new_tokens: int

@@ -33,7 +33,8 @@ Outputs:
              provenance.
 
 Options: --device auto picks cuda when available, else cpu; --dtype auto is bfloat16 on cuda and
-float32 on cpu. --language-hint on (default) prompts a Qwen3-ASR model with the manifest
+float32 on cpu. --language-hint (default; --no-language-hint or --language-hint off to turn it
+off) prompts a Qwen3-ASR model with the manifest
 language (forced `language X<asr_text>` header, as the OPD teacher is prompted); off lets it
 detect the language. Audio chat LMs (GLM-ASR style) take no language either way.
 
@@ -53,6 +54,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,18 +64,31 @@ from stages.common.errors import UserError
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.runtime import (
-    add_runtime_arguments,
+    InferenceRuntime,
     dtype_name,
     resolve_device,
     resolve_dtype,
     set_threads,
 )
+from stages.common.settings import add_settings, group, setting, settings_from_args
 from stages.data.batching import read_utterances
-from stages.eval.decode import DecodeResult, decode_utterances
-from stages.eval.errors import add_metric_arguments, normalizer_from_args, score_rows
-from stages.models import add_model_arguments, load_adapter
+from stages.eval.scoring import Scoring, score_rows
+from stages.models import ModelLoading, load_adapter
+from stages.models.transcribe import Decoding, TranscriptionResult, transcribe
 
 log = logging.getLogger("stages.evaluate")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRun:
+    """What one evaluation decodes and scores with."""
+
+    scoring: Scoring = group("scoring")
+    decoding: Decoding = group("decoding")
+    language_hint: bool = setting(True, help="prompt with the manifest language where the "
+                                             "family takes one")
+    loading: ModelLoading = group("model")
+    runtime: InferenceRuntime = group("runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,14 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="validated manifest (JSONL) with references")
     p.add_argument("--output", required=True, help="per-utterance rows (JSONL), worst first")
     p.add_argument("--summary", required=True, help="summary JSON")
-    add_metric_arguments(p)
-    p.add_argument("--batch-size", type=int, default=16, help="utterances per batch (16)")
-    p.add_argument("--max-new-tokens", type=int, default=256,
-                   help="response length cap in tokens (256)")
-    add_model_arguments(p)
-    add_runtime_arguments(p, dtypes=("float32", "bfloat16"))
-    p.add_argument("--language-hint", choices=["on", "off"], default="on",
-                   help="prompt with the manifest language where the family takes one (on)")
+    add_settings(p, EvaluationRun)
     p.add_argument("--preset", default=None,
                    help="preset name for the summary (default: the manifest's file stem)")
     p.add_argument("--model-name", default=None,
@@ -98,10 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     source = Path(args.input).resolve()
     for option, path in (("--output", args.output), ("--summary", args.summary)):
         if Path(path).resolve() == source:
@@ -110,10 +114,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--output and --summary are the same file ({args.output})")
 
 
-def prediction_rows(result: DecodeResult) -> list[dict]:
+def prediction_rows(result: TranscriptionResult) -> list[dict]:
     """One unscored row per utterance, in manifest order."""
     rows = []
-    for p in result.predictions:
+    for p in result.transcripts:
         u = p.utterance
         rows.append({
             "id": u.id, "audio": u.audio, "begin_time": u.begin_time, "end_time": u.end_time,
@@ -126,16 +130,18 @@ def prediction_rows(result: DecodeResult) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    settings = settings_from_args(EvaluationRun, args)
     _check_args(args)
     set_threads(args.threads)
     # Outputs describe the last run only: a failure must not leave an earlier summary behind.
     for path in (args.output, args.summary):
         Path(path).unlink(missing_ok=True)
-    norm_name, normalize = normalizer_from_args(args)
+    norm_name, normalize = (settings.scoring.normalizer_name(),
+                            settings.scoring.make_normalizer())
     utterances = read_utterances(args.input, require_text=True)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    language_hint = args.language_hint == "on"
+    language_hint = settings.language_hint
 
     log.info("loading %s on %s (%s)", args.model, device, dtype_name(dtype))
     load_start = time.perf_counter()
@@ -145,8 +151,8 @@ def main(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    result = decode_utterances(adapter, utterances, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, language_hint=language_hint)
+    result = transcribe(adapter, utterances, batch_size=args.batch_size,
+                        max_new_tokens=args.max_new_tokens, language_hint=language_hint)
     scored, summary = score_rows(prediction_rows(result), args.metric, normalize,
                                  source=str(args.output))
 
@@ -159,8 +165,8 @@ def main(args: argparse.Namespace) -> int:
     summary.update(
         normalizer=norm_name,
         en_spelling=args.en_spelling,
-        unstopped=sum(1 for p in result.predictions if not p.stopped),
-        generated_tokens=sum(p.tokens + p.stopped for p in result.predictions),
+        unstopped=sum(1 for p in result.transcripts if not p.stopped),
+        generated_tokens=sum(p.generated for p in result.transcripts),
         audio_seconds=audio_seconds,
         decode_seconds=result.decode_seconds,
         load_seconds=load_seconds,

@@ -37,17 +37,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import atomic_writer, write_json
 from stages.common.provenance import provenance
-from stages.common.runtime import add_runtime_arguments, resolve_device, set_threads
-from stages.eval.report import read_model_summaries
-from stages.models import add_model_arguments
-from stages.train.export import (
-    DEFAULT_TOLERANCE,
+from stages.common.runtime import Threads, resolve_device, set_threads
+from stages.common.settings import add_settings, as_dict, group, settings_from_args
+from stages.reporting.results import read_model_summaries
+from stages.train.checkpoint_export import (
     SUMMARY_FILE,
     ExportResult,
     ExportSettings,
@@ -58,9 +58,16 @@ from stages.train.export import (
     resolve_checkpoint,
     synthetic_probe,
 )
-from stages.train.hf_save import EXPORT_DTYPES
 
 log = logging.getLogger("stages.export")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportRun:
+    """What one export writes and checks with."""
+
+    export: ExportSettings = group("export and its reload check")
+    threads: Threads = group("runtime")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,20 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, type=Path, help="the exported model folder")
     p.add_argument("--probe-manifest", type=Path, default=None,
                    help="validated manifest for the probe batch (default: synthetic clips)")
-    p.add_argument("--probe-clips", type=int, default=4, help="clips in the probe batch (4)")
-    p.add_argument("--probe-max-new-tokens", type=int, default=16,
-                   help="greedy tokens decoded per probe clip (16)")
     p.add_argument("--results-dir", type=Path, default=None,
                    help="evaluation folder of this model: results for the model card")
-    p.add_argument("--dtype", choices=sorted(EXPORT_DTYPES), default="float32",
-                   help="dtype of the saved weights (default float32: the master weights)")
-    p.add_argument("--tolerance", type=float, default=None,
-                   help="max |logit diff| accepted (default by dtype: "
-                        + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
     p.add_argument("--name", default=None, help="model name in the card (default: --output's)")
-    add_model_arguments(p)
-    # --device: where the verification runs (default cpu).
-    add_runtime_arguments(p, device="cpu")
+    add_settings(p, ExportRun)
     return p
 
 
@@ -101,13 +98,9 @@ def _results(results_dir: Path | None) -> list[dict]:
 
 
 def main(args: argparse.Namespace) -> int:
-    set_threads(args.threads)
-    if args.probe_clips < 1:
-        raise UserError(f"--probe-clips must be >= 1, got {args.probe_clips}")
-    settings = ExportSettings(dtype=args.dtype, device=str(resolve_device(args.device)),
-                              family=args.family, trust_remote_code=args.trust_remote_code,
-                              tolerance=args.tolerance,
-                              probe_max_new_tokens=args.probe_max_new_tokens)
+    run = settings_from_args(ExportRun, args)
+    set_threads(run.threads.threads)
+    settings = replace(run.export, device=str(resolve_device(run.export.device)))
     ckpt = resolve_checkpoint(args.checkpoint)
     base = args.base or ckpt.recorded_base
     if base is None:
@@ -116,11 +109,11 @@ def main(args: argparse.Namespace) -> int:
     if args.base and ckpt.recorded_base and str(args.base) != ckpt.recorded_base:
         log.warning("--base %s differs from the run's recorded base model %s", args.base,
                     ckpt.recorded_base)
-    probe = (manifest_probe(args.probe_manifest, args.probe_clips) if args.probe_manifest
-             else synthetic_probe(args.probe_clips))
+    probe = (manifest_probe(args.probe_manifest, settings.probe_clips) if args.probe_manifest
+             else synthetic_probe(settings.probe_clips))
     results = _results(args.results_dir)
     name = args.name or args.output.resolve().name
-    record = {"settings": vars(settings), "checkpoint": str(ckpt.path), "base": str(base),
+    record = {"settings": as_dict(settings), "checkpoint": str(ckpt.path), "base": str(base),
               "probe": probe.source}
     stamp = provenance({k: str(v) for k, v in record.items()})
 

@@ -52,8 +52,8 @@ from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import atomic_writer, read_json, write_json
 from stages.common.provenance import provenance
-from stages.eval import plots
-from stages.eval.report import (
+from stages.reporting import plots
+from stages.reporting.results import (
     DEFAULT_BASE,
     DEFAULT_LABELS,
     PAPER_PRESETS,

@@ -40,7 +40,8 @@ from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
 from stages.common.jsonl import iter_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
-from stages.eval.errors import add_metric_arguments, normalizer_from_args, score_rows
+from stages.common.settings import add_settings, settings_from_args
+from stages.eval.scoring import Scoring, score_rows
 
 log = logging.getLogger("stages.score")
 
@@ -50,14 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="predictions JSONL")
     p.add_argument("--output", required=True, help="scored JSONL, worst first")
     p.add_argument("--summary", required=True, help="summary JSON")
-    add_metric_arguments(p)
+    add_settings(p, Scoring)
     p.add_argument("--ref-key", default="text", help="reference field (default: text)")
     p.add_argument("--hyp-key", default="pred_text", help="prediction field (default: pred_text)")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    name, normalize = normalizer_from_args(args)
+    scoring = settings_from_args(Scoring, args)
+    name, normalize = scoring.normalizer_name(), scoring.make_normalizer()
     numbered = list(iter_jsonl(args.input))  # line numbers for error messages
     if not numbered:
         raise UserError(f"{args.input}: no rows to score; check that the predictions were "

@@ -46,45 +46,55 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from stages.common.cli import parser, run_stage
-from stages.models import add_model_arguments
+from stages.common.settings import add_settings, group, setting, settings_from_args
+from stages.models import ModelLoading
 from stages.train.objectives import SftObjective
 from stages.train.session import (
     StepHook,
     TrainingSession,
-    add_training_arguments,
+    TrainingSettings,
     require_languages,
 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class SftRun:
+    """One supervised fine-tuning run."""
+
+    model: str = setting(help="model folder or cached hub id to train")
+    loading: ModelLoading = group("model")
+    text_field: str = setting("text", help="manifest field with the target transcript")
+    training: TrainingSettings = group("data, runtime and export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
-    p.add_argument("--model", required=True, help="model folder or cached hub id to train")
-    add_model_arguments(p, trust_remote_code=False)  # --trust-remote-code: a runtime option
-    p.add_argument("--text-field", default="text",
-                   help="manifest field with the target transcript (default text)")
-    add_training_arguments(p, lr=1e-4, warmup_steps=100)
+    add_settings(p, SftRun)
     return p
 
 
-def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
+def run(settings: SftRun, hooks: Sequence[StepHook] = ()) -> dict:
     """Train and export; returns the summary. ``hooks`` run after every step (tests use them)."""
-    with TrainingSession.start(args, stage="sft",
-                               inputs={"model": args.model, "train": args.train}) as session:
-        utterances = session.read_data(text_field=args.text_field)
-        adapter = session.load_trainee(args.model, family=args.family)
+    training = settings.training
+    inputs = {"model": settings.model, "train": training.train}
+    with TrainingSession.start(training, stage="sft", identity=settings, inputs=inputs,
+                               trust_remote_code=settings.loading.trust_remote_code) as session:
+        utterances = session.read_data(text_field=settings.text_field)
+        adapter = session.load_trainee(settings.model, family=settings.loading.family)
         if adapter.family == "qwen3_asr":
-            require_languages(utterances, args.train, "Qwen3-ASR answers start with "
+            require_languages(utterances, training.train, "Qwen3-ASR answers start with "
                               "`language X<asr_text>`, so fine-tuning needs every row's language")
-        objective = SftObjective(adapter, text_field=args.text_field)
-        return session.train(adapter, objective, utterances, base_model=args.model, hooks=hooks,
-                             extra_summary={"utterances": len(utterances),
-                                            "text_field": args.text_field})
+        objective = SftObjective(adapter, text_field=settings.text_field)
+        return session.train(adapter, objective, utterances, base_model=settings.model,
+                             hooks=hooks, extra_summary={"utterances": len(utterances),
+                                                         "text_field": settings.text_field})
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args)
+    run(settings_from_args(SftRun, args))
     return 0
 
 

@@ -32,60 +32,24 @@ import logging
 import sys
 
 from stages.common.cli import parser, run_stage
-from stages.common.errors import UserError
-from stages.data.demo_corpus import DEFAULT_SIZES, SPLITS, build_corpus
-from stages.data.sentences import LANGUAGES
+from stages.common.settings import add_settings, settings_from_args
+from stages.demo.corpus import CorpusSettings, build_corpus
 
 log = logging.getLogger("stages.synth_demo")
-
-
-def parse_sizes(items: list[str] | None) -> dict[str, int]:
-    """``["train=600", "aishell=40"]`` -> the default sizes with those overridden."""
-    sizes = dict(DEFAULT_SIZES)
-    seen = set()
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise UserError(f"--sizes: {item!r} is not NAME=COUNT; write e.g. "
-                            f"--sizes train=600 aishell=40")
-        if name not in SPLITS:
-            raise UserError(f"--sizes: unknown split {name!r}; the splits are "
-                            f"{', '.join(SPLITS)}")
-        if name in seen:
-            raise UserError(f"--sizes: split {name!r} given twice")
-        try:
-            count = int(value)
-        except ValueError:
-            raise UserError(f"--sizes: count {value!r} for {name} is not a whole number"
-                            ) from None
-        if count < 0:
-            raise UserError(f"--sizes: count for {name} must be 0 or more, got {count}")
-        seen.add(name)
-        sizes[name] = count
-    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
     p.add_argument("--output-dir", required=True, help="corpus folder (created if missing)")
-    p.add_argument("--seed", type=int, default=1234, help="corpus seed (default 1234)")
-    default_sizes = " ".join(f"{name}={count}" for name, count in DEFAULT_SIZES.items())
-    p.add_argument("--sizes", nargs="+", metavar="SPLIT=COUNT",
-                   help=f"clips per split; unnamed splits keep their default, 0 skips a split "
-                        f"(default: {default_sizes})")
-    p.add_argument("--train-languages", nargs="+", choices=LANGUAGES, default=list(LANGUAGES),
-                   metavar="LANG",
-                   help=f"languages of train and td_pool, from {' '.join(LANGUAGES)} "
-                        f"(default: all)")
-    p.add_argument("--workers", type=int, default=1, help="synthesis processes (default 1)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings(p, CorpusSettings)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    sizes = parse_sizes(args.sizes)
-    corpus = build_corpus(args.output_dir, sizes, args.seed, args.train_languages,
-                          workers=args.workers, progress=not args.no_progress)
+    settings = settings_from_args(CorpusSettings, args)
+    corpus = build_corpus(args.output_dir, settings.sizes, settings.seed,
+                          settings.train_languages, workers=settings.workers,
+                          progress=settings.progress)
     for split, summary in corpus["splits"].items():
         languages = ", ".join(f"{lang} {block['clips']}"
                               for lang, block in summary["languages"].items())

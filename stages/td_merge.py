@@ -42,8 +42,8 @@ from stages.common.jsonl import atomic_writer, read_json, read_jsonl, write_json
 from stages.common.provenance import provenance
 from stages.data.batching import read_utterances
 from stages.td.merge import check_reports, gather, merged_report
-from stages.td.report import render_markdown
-from stages.td.transcribe import file_sha256
+from stages.td.shards import file_sha256
+from stages.td.summary import render_markdown
 
 log = logging.getLogger("stages.td_merge")
 

@@ -64,6 +64,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,25 +74,19 @@ from stages.common.errors import UserError
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.runtime import (
-    DTYPES,
-    add_runtime_arguments,
+    InferenceRuntime,
     dtype_name,
     resolve_device,
     resolve_dtype,
     set_threads,
 )
+from stages.common.settings import add_settings, group, setting, settings_from_args
 from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import read_utterances
-from stages.models import add_model_arguments, family_of, load_adapter
-from stages.td.filters import (
-    DEFAULT_MAX_UNITS_PER_SECOND,
-    FILTERS,
-    Candidate,
-    FilterSettings,
-    judge,
-)
-from stages.td.report import shard_counts, summarize
-from stages.td.transcribe import (
+from stages.models import ModelLoading, family_of, load_adapter
+from stages.models.transcribe import Decoding
+from stages.td.filters import Candidate, FilterSettings, judge
+from stages.td.shards import (
     PartialLog,
     file_sha256,
     model_fingerprint,
@@ -99,8 +94,22 @@ from stages.td.transcribe import (
     teacher_row,
     transcribe_shard,
 )
+from stages.td.summary import shard_counts, summarize
 
 log = logging.getLogger("stages.teacher_data")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TeacherDataRun:
+    """What one shard is transcribed and filtered with."""
+
+    shard: int = setting(0, help="this shard's index, from 0")
+    num_shards: int = setting(1, help="number of shards")
+    decoding: Decoding = group("decoding")
+    loading: ModelLoading = group("model")
+    runtime: InferenceRuntime = group("runtime")
+    filters: FilterSettings = group("filters (each counted; --filters picks the ones that drop "
+                                    "rows)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,69 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="kept rows of this shard (JSONL)")
     p.add_argument("--rejects", required=True, help="dropped rows of this shard (JSONL)")
     p.add_argument("--report", required=True, help="shard report (JSON)")
-    p.add_argument("--shard", type=int, default=0, help="this shard's index, from 0 (0)")
-    p.add_argument("--num-shards", type=int, default=1, help="number of shards (1)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per batch (16)")
-    p.add_argument("--max-new-tokens", type=int, default=256,
-                   help="response length cap in tokens (256)")
-    add_model_arguments(p)
-    add_runtime_arguments(p, dtypes=tuple(DTYPES))
-    f = p.add_argument_group("filters")
-    defaults = FilterSettings()
-    f.add_argument("--filters", nargs="*", choices=FILTERS, default=list(FILTERS),
-                   metavar="NAME", help=f"filters that drop rows, from {' '.join(FILTERS)} "
-                                        "(default: all; give none to keep every row)")
-    f.add_argument("--max-repeats", type=int, default=defaults.max_repeats,
-                   help="most back-to-back copies of an n-gram (%(default)s)")
-    f.add_argument("--max-repeat-ngram", type=int, default=defaults.max_repeat_ngram,
-                   help="longest n-gram checked for back-to-back repeats, in units "
-                        "(%(default)s)")
-    f.add_argument("--max-char-run", type=int, default=defaults.max_char_run,
-                   help="longest run of one non-space character (%(default)s)")
-    f.add_argument("--max-compression-ratio", type=float,
-                   default=defaults.max_compression_ratio,
-                   help="highest zlib compression ratio of a transcript (%(default)s)")
-    bounds = " ".join(f"{k}={v:g}" for k, v in DEFAULT_MAX_UNITS_PER_SECOND.items())
-    f.add_argument("--max-units-per-second", nargs="+", default=[], metavar="LANG=N",
-                   help=f"per-language bounds on spoken units per second, merged into the "
-                        f"defaults ({bounds}; `default` covers the unlisted languages)")
-    f.add_argument("--min-mean-logprob", type=float, default=defaults.min_mean_logprob,
-                   help="lowest teacher mean token log-prob (%(default)s)")
-    f.add_argument("--max-cer", type=float, default=defaults.max_cer,
-                   help="highest CER vs the reference, zh/yue/ja/ko (%(default)s)")
-    f.add_argument("--max-wer", type=float, default=defaults.max_wer,
-                   help="highest WER vs the reference, other languages (%(default)s)")
+    add_settings(p, TeacherDataRun)
     return p
-
-
-def filter_settings(args: argparse.Namespace) -> FilterSettings:
-    bounds = dict(DEFAULT_MAX_UNITS_PER_SECOND)
-    for item in args.max_units_per_second:
-        lang, sep, value = item.partition("=")
-        try:
-            bounds[lang] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep or not lang or not bounds[lang] > 0:
-            raise UserError(f"--max-units-per-second: {item!r} is not LANG=N with N > 0; write "
-                            "e.g. zh=12 default=25")
-    try:
-        return FilterSettings(
-            enabled=tuple(args.filters), max_repeats=args.max_repeats,
-            max_repeat_ngram=args.max_repeat_ngram, max_char_run=args.max_char_run,
-            max_compression_ratio=args.max_compression_ratio, max_units_per_second=bounds,
-            min_mean_logprob=args.min_mean_logprob, max_cer=args.max_cer, max_wer=args.max_wer)
-    except ValueError as err:
-        raise UserError(f"filter options: {err}") from err
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.num_shards < 1 or not 0 <= args.shard < args.num_shards:
         raise UserError(f"--shard {args.shard} --num-shards {args.num_shards}: need "
                         "0 <= shard < num-shards")
-    for name in ("batch_size", "max_new_tokens"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     paths = {"--input": args.input, "--output": args.output, "--rejects": args.rejects,
              "--report": args.report}
     seen: dict[Path, str] = {}
@@ -186,7 +140,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     _check_args(args)
-    settings = filter_settings(args)
+    settings = settings_from_args(TeacherDataRun, args).filters
     set_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)

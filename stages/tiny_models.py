@@ -42,8 +42,8 @@ from stages.common.errors import UserError
 from stages.common.jsonl import write_json
 from stages.common.provenance import provenance
 from stages.data.audio import TARGET_SAMPLE_RATE
+from stages.demo.tiny import DEFAULT_SPEC, build_tiny_models
 from stages.models import load_adapter
-from stages.models.tiny import DEFAULT_SPEC, build_tiny_models
 
 log = logging.getLogger("stages.tiny_models")
 

@@ -53,102 +53,74 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from stages.common.cli import parser, run_stage
-from stages.common.errors import UserError
-from stages.common.jsonl import read_json
 from stages.common.runtime import resolve_dtype
+from stages.common.settings import add_settings, group, setting, settings_from_args
 from stages.models import load_adapter
+from stages.opd.calibration import require_calibration
+from stages.opd.config import OpdConfig, OpdPair
 from stages.opd.step import prepare_teacher
-from stages.train.objectives import (
-    OpdObjective,
-    add_opd_arguments,
-    build_vocab_map,
-    opd_config_from_args,
-)
-from stages.train.session import StepHook, TrainingSession, add_training_arguments
+from stages.opd.vocab import build_vocab_map
+from stages.train.objectives import OpdObjective
+from stages.train.session import StepHook, TrainingSession, TrainingSettings
 
 log = logging.getLogger("stages.train_opd")
 
 
+@dataclass(frozen=True, kw_only=True)
+class OpdRun:
+    """One OPD training run."""
+
+    pair: OpdPair = group("models")
+    calibration: Path = setting(volatile=True,
+                                help="passing calibration.json from stages.calibrate")
+    opd: OpdConfig = group("OPD step (union top-k forward KL on student rollouts)")
+    training: TrainingSettings = group("data, runtime and export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
-    p.add_argument("--student", required=True, help="student model folder or cached hub id")
-    p.add_argument("--teacher", required=True, help="teacher model folder or cached hub id")
-    p.add_argument("--calibration", required=True, type=Path,
-                   help="passing calibration.json from stages.calibrate")
-    add_opd_arguments(p)
-    # Reference launcher: lr 1e-4, cosine, 1,000 warmup steps, min-lr ratio 0.1, wd 0.005.
-    add_training_arguments(p, lr=1e-4, warmup_steps=1000)
+    add_settings(p, OpdRun)
     return p
 
 
-def _same_model(given: str, recorded: dict[str, Any]) -> bool:
-    path = Path(given)
-    resolved = str(path.resolve()) if path.exists() else given
-    return resolved == recorded.get("resolved") or given == recorded.get("path")
-
-
-def require_calibration(path: Path, student: str, teacher: str) -> dict[str, Any]:
-    """The calibration report, if it passed for this student and teacher; else a UserError."""
-    if not path.is_file():
-        failed = path.with_name(f"{path.stem}.failed.json")
-        hint = (f"; {failed} exists: calibration ran and failed, read its `checks`"
-                if failed.is_file() else "; run python -m stages.calibrate first")
-        raise UserError(f"{path}: no calibration report{hint}. OPD training starts only after a "
-                        "passing calibration")
-    report = read_json(path)
-    if not isinstance(report, dict) or "passed" not in report:
-        raise UserError(f"{path}: not a calibration report (no `passed`); give the "
-                        "calibration.json written by python -m stages.calibrate")
-    if report["passed"] is not True:
-        failed = ", ".join(report.get("failed") or []) or "unknown checks"
-        raise UserError(f"{path}: the calibration did not pass (failed: {failed}); OPD "
-                        "training refuses to start. Fix the pair or the settings and calibrate "
-                        "again")
-    for role, given in (("student", student), ("teacher", teacher)):
-        recorded = report.get(role) or {}
-        if not _same_model(given, recorded):
-            raise UserError(f"{path}: calibrated with {role} {recorded.get('path')!r}, but this "
-                            f"run trains with {given!r}; calibrate this pair first")
-    return report
-
-
-def run(args: argparse.Namespace, hooks: Sequence[StepHook] = ()) -> dict:
+def run(settings: OpdRun, hooks: Sequence[StepHook] = ()) -> dict:
     """Train and export; returns the summary. ``hooks`` run after every step (tests use them)."""
-    calibration = require_calibration(args.calibration, args.student, args.teacher)
-    cfg = opd_config_from_args(args)
+    pair, cfg, training = settings.pair, settings.opd, settings.training
+    calibration = require_calibration(settings.calibration, pair.student, pair.teacher)
     for key in ("top_k", "temperature", "max_new_tokens"):
         calibrated = (calibration.get("opd") or {}).get(key)
         if calibrated is not None and calibrated != getattr(cfg, key):
             log.warning("calibration used %s=%s, this run %s", key, calibrated,
                         getattr(cfg, key))
-    inputs = {"student": args.student, "teacher": args.teacher, "train": args.train}
-    with TrainingSession.start(args, stage="train_opd", inputs=inputs) as session:
+    inputs = {"student": pair.student, "teacher": pair.teacher, "train": training.train}
+    with TrainingSession.start(training, stage="train_opd", identity=settings, inputs=inputs,
+                               trust_remote_code=pair.trust_remote_code) as session:
         env = session.env
         utterances = session.read_data(text_field=None)
-        student = session.load_trainee(args.student, family=args.student_family)
+        student = session.load_trainee(pair.student, family=pair.student_family)
         # The frozen teacher is not trained: it computes in the compute dtype (bf16 on CUDA).
         teacher = prepare_teacher(load_adapter(
-            args.teacher, family=args.teacher_family, device=env.device,
-            dtype=resolve_dtype("auto", env.device), trust_remote_code=args.trust_remote_code))
+            pair.teacher, family=pair.teacher_family, device=env.device,
+            dtype=resolve_dtype("auto", env.device), trust_remote_code=pair.trust_remote_code))
         objective = OpdObjective(student, teacher, build_vocab_map(student, teacher), cfg,
-                                 seed=args.seed, rank=env.rank, world_size=env.world_size,
-                                 grad_accum=args.grad_accum)
-        return session.train(student, objective, utterances, base_model=args.student,
+                                 seed=training.loop.seed, rank=env.rank,
+                                 world_size=env.world_size, grad_accum=training.loop.grad_accum)
+        return session.train(student, objective, utterances, base_model=pair.student,
                              hooks=hooks, extra_summary={
                                  "utterances": len(utterances),
-                                 "teacher": str(args.teacher),
-                                 "calibration": str(args.calibration),
+                                 "teacher": str(pair.teacher),
+                                 "calibration": str(settings.calibration),
                                  "calibration_loss": (calibration.get("metrics") or {}).get(
                                      "loss"),
                              })
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args)
+    run(settings_from_args(OpdRun, args))
     return 0
 
 

@@ -54,18 +54,12 @@ import textwrap
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.settings import add_settings, settings_from_args
 from stages.data.manifest import LANGUAGES, REASONS
-from stages.data.validation import Settings, validate_manifest
+from stages.data.validation import ValidationOptions, validate_manifest
 
 log = logging.getLogger("stages.validate")
 SHOWN_ON_STDERR = 20  # bad lines echoed to the terminal; all of them are in the report
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _epilog() -> str:
@@ -75,26 +69,6 @@ def _epilog() -> str:
     return f"reason codes:\n{reasons}\n\naccepted language codes (ISO 639-1):\n{codes}\n"
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__, epilog=_epilog())
     p.prog = "python -m stages.validate"
@@ -102,39 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="validated manifest to write (JSONL)")
     p.add_argument("--report", required=True,
                    help="REPORT.json to write; REPORT.md is written beside it")
-    p.add_argument("--on-error", choices=("fail", "quarantine"), default="fail",
-                   help="fail (default): exit 1 if any line is bad and write no output "
-                        "manifest; quarantine: exit 0, keep the good lines, bad lines go to "
-                        "--rejects")
     p.add_argument("--rejects", help="quarantine mode: where the bad lines go, verbatim "
                                      "(default: rejects.jsonl beside --output)")
-    p.add_argument("--require-text", action=argparse.BooleanOptionalAction, default=True,
-                   help="require a non-empty text field (default: on; turn off for a "
-                        "teacher-data pool)")
-    p.add_argument("--min-seconds", type=_seconds, default=0.0,
-                   help="reject segments shorter than this (too_short; default: 0)")
-    p.add_argument("--max-seconds", type=_seconds, default=None,
-                   help="reject segments longer than this (too_long; default: no limit)")
-    p.add_argument("--workers", type=_positive_int, default=_usable_cores(),
-                   help="processes for the audio checks (default: all usable cores, "
-                        "%(default)s here; 1 = no pool)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_settings(p, ValidationOptions)
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.max_seconds is not None and args.max_seconds < args.min_seconds:
-        raise UserError(f"--max-seconds {args.max_seconds:g} is below --min-seconds "
-                        f"{args.min_seconds:g}; give a range that can hold a segment")
+    options = settings_from_args(ValidationOptions, args)
     if args.rejects and args.on_error != "quarantine":
         raise UserError("--rejects is only used with --on-error quarantine; add that option "
                         "or drop --rejects")
-    settings = Settings(manifest_dir=os.path.dirname(os.path.abspath(args.input)),
-                        require_text=args.require_text, min_seconds=args.min_seconds,
-                        max_seconds=args.max_seconds)
+    settings = options.line_settings(os.path.dirname(os.path.abspath(args.input)))
     report = validate_manifest(args.input, args.output, args.report, settings,
-                               on_error=args.on_error, rejects_path=args.rejects,
-                               workers=args.workers, progress=not args.no_progress)
+                               on_error=options.on_error, rejects_path=args.rejects,
+                               workers=options.workers, progress=options.progress)
     summary = (f"{report['valid']} of {report['total']} lines valid, {report['hours']:.3f} h; "
                f"report: {report['report_markdown']}")
     if not report["total"]:

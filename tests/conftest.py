@@ -47,8 +47,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def opd_corpus() -> list[Utterance]:
-    """12 espeak sentences in 6 languages, clips in memory (``stages.opd.short_run``)."""
-    from stages.opd.short_run import synthesize_corpus
+    """12 espeak sentences in 6 languages, clips in memory (``tests.short_run``)."""
+    from tests.short_run import synthesize_corpus
 
     return synthesize_corpus(12, seed=0)
 
@@ -57,6 +57,6 @@ def opd_corpus() -> list[Utterance]:
 def opd_models_dir(opd_corpus, tmp_path_factory) -> Path:
     """The short run's tiny teacher and student (random init, tokenizer trained on the corpus
     texts): ``teacher_init/`` and ``student_init/``. Shared: tests load their own copies."""
-    from stages.opd.short_run import build_models
+    from tests.short_run import build_models
 
     return build_models(tmp_path_factory.mktemp("opd"), [u.text for u in opd_corpus], seed=0)

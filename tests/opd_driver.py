@@ -20,11 +20,12 @@ from pathlib import Path
 import torch
 
 from stages.models import load_adapter
+from stages.opd.config import OpdConfig
 from stages.opd.rollout import default_synced_gpus
-from stages.opd.short_run import batch_of, synthesize_corpus
-from stages.opd.step import OpdConfig, opd_forward, prepare_teacher
+from stages.opd.step import opd_forward, prepare_teacher
+from stages.opd.vocab import build_vocab_map
 from stages.train import init_distributed, shard_model, shutdown
-from stages.train.objectives import build_vocab_map
+from tests.short_run import batch_of, synthesize_corpus
 
 
 class RolloutStopBias:

@@ -14,6 +14,7 @@ import signal
 import sys
 
 from stages.common.cli import setup_logging
+from stages.common.settings import settings_from_args
 
 
 def main(argv: list[str]) -> int:
@@ -25,15 +26,18 @@ def main(argv: list[str]) -> int:
     stage_args = argv[cut + 1:]
     if args.stage == "sft":
         from stages import sft as stage
+        settings_class = stage.SftRun
     else:
         from stages import train_opd as stage
+        settings_class = stage.OpdRun
 
     def kill(step: int, row: dict) -> None:
         if step == args.kill_after_step:
             os.kill(os.getpid(), signal.SIGKILL)
 
     setup_logging()
-    stage.run(stage.build_parser().parse_args(stage_args), hooks=[kill])
+    parsed = stage.build_parser().parse_args(stage_args)
+    stage.run(settings_from_args(settings_class, parsed), hooks=[kill])
     return 0
 
 

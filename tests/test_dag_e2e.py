@@ -20,22 +20,24 @@ MODELS = ["student_base", "opd_base", "opd_td_adapted", "teacher"]
 
 
 def small_config(out: str) -> dict:
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config["output_dir"] = out
-    config["demo"]["sizes"] = {"train": 24, "td_pool": 12, **{p: 4 for p in PRESETS}}
-    for role, steps in (("teacher", 12), ("student", 8)):
-        config["bootstrap"][role].update(max_steps=steps, warmup_steps=2)
-    config["bootstrap"]["save_every"] = 6
-    config["td_adapt"].update(max_steps=4, warmup_steps=1, save_every=2, batch_size=4)
-    config["opd"].update(max_steps=4, warmup_steps=1, save_every=2, max_new_tokens=8,
-                         batch_size=4)
-    # Barely trained models: the gates and filters must let them through so every rule runs.
-    config["calibrate"].update(batches=1, batch_size=4, min_nonempty_ratio=0, min_stopped_ratio=0,
-                               max_initial_loss=1e9, min_vuss=0)
-    config["teacher_data"].update(filters=["empty"], max_new_tokens=8)
-    config["evaluate"]["max_new_tokens"] = 8
-    config["export"]["probe_max_new_tokens"] = 4
-    return config
+    """Overrides of the demo's config (config/config.yaml + config/demo.yaml)."""
+    role = {"warmup_steps": 2}
+    return {
+        "output_dir": out,
+        "demo": {"sizes": {"train": 24, "td_pool": 12, **{p: 4 for p in PRESETS}}},
+        "bootstrap": {"teacher": {**role, "max_steps": 12}, "student_base": {**role,
+                                                                            "max_steps": 8},
+                      "save_every": 6},
+        "td_adapt": {"max_steps": 4, "warmup_steps": 1, "save_every": 2, "batch_size": 4},
+        "opd": {"max_steps": 4, "warmup_steps": 1, "save_every": 2, "batch_size": 4,
+                "step": {"max_new_tokens": 8}},
+        # Barely trained models: the gates and filters must let them through so every rule runs.
+        "calibrate": {"batches": 1, "batch_size": 4, "min_nonempty_ratio": 0,
+                      "min_stopped_ratio": 0, "max_initial_loss": 1e9, "min_vuss": 0},
+        "teacher_data": {"filters": ["empty"], "max_new_tokens": 8},
+        "evaluate": {"max_new_tokens": 8},
+        "export": {"probe_max_new_tokens": 4},
+    }
 
 
 def test_demo_dag_end_to_end(tmp_path, venv_env):

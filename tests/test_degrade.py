@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.data import degrade
 from stages.data.audio import resample
-from stages.data.espeak import Espeak
+from stages.demo import degrade
+from stages.demo.espeak import Espeak
 
 SR = 16_000
 

@@ -3,8 +3,8 @@
 import jiwer
 import pytest
 
-from stages.eval.errors import ErrorCounts, count_errors, count_errors_batch, total, units
 from stages.eval.normalize import normalize_zh
+from stages.eval.scoring import ErrorCounts, count_errors, count_errors_batch, total, units
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from stages.data.espeak import LANGUAGE_VOICES, Espeak, EspeakError, voice_name
-from stages.data.sentences import LANGUAGES, generate_sentence
+from stages.demo.espeak import LANGUAGE_VOICES, Espeak, EspeakError, voice_name
+from stages.demo.sentences import LANGUAGES, generate_sentence
 
 # Plausible seconds per unit of text: characters for zh and ja (kana), words otherwise.
 SECONDS_PER_UNIT = {"zh": (0.12, 0.5), "ja": (0.06, 0.3)}

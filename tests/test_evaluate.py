@@ -1,4 +1,4 @@
-"""The evaluate stage and its decoding library (stages/eval/decode.py).
+"""The evaluate stage and its decoding library (stages/models/transcribe.py).
 
 Tiny untrained models (random weights: their transcripts are nonsense, which is all these tests
 need) decode synthetic clips listed in a manifest validated by the validate library. Checked: the
@@ -25,10 +25,10 @@ from stages.common.jsonl import read_jsonl, write_jsonl
 from stages.data.audio import write_wav
 from stages.data.batching import duration_sorted_batches, read_utterances
 from stages.data.validation import validate_manifest
-from stages.eval import decode
-from stages.eval.decode import DecodeError, decode_utterances
+from stages.demo.tiny import build_tiny_models
 from stages.models import load_adapter
-from stages.models.tiny import build_tiny_models
+from stages.models import transcribe as decode
+from stages.models.transcribe import DecodeError, transcribe
 from tests.helpers import stage, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -233,7 +233,7 @@ def test_decoding_is_duration_sorted_and_covers_each_utterance_once(adapters, co
 
     monkeypatch.setattr(decode, "load_batch", recording_load)
     utterances = read_utterances(corpus)
-    result = decode_utterances(adapters["student"], utterances, batch_size=3,
+    result = transcribe(adapters["student"], utterances, batch_size=3,
                                max_new_tokens=2, progress=False)
     duration = {u.id: u.duration for u in utterances}
     order = [i for batch in seen for i in batch]
@@ -241,7 +241,7 @@ def test_decoding_is_duration_sorted_and_covers_each_utterance_once(adapters, co
     assert sorted(order) == sorted(duration) and len(order) == len(set(order))
     assert [duration[i] for i in order] == sorted(duration.values(), reverse=True)
     assert order != [u.id for u in utterances]  # the manifest is not in duration order
-    assert [p.utterance.id for p in result.predictions] == [u.id for u in utterances]
+    assert [p.utterance.id for p in result.transcripts] == [u.id for u in utterances]
     assert result.batches == 4 and result.decode_seconds > 0
 
 
@@ -250,9 +250,9 @@ def test_predictions_do_not_depend_on_the_batch_size(adapters, corpus, name):
     utterances = read_utterances(corpus)
 
     def predictions(batch_size):
-        result = decode_utterances(adapters[name], utterances, batch_size=batch_size,
+        result = transcribe(adapters[name], utterances, batch_size=batch_size,
                                    max_new_tokens=MAX_NEW, progress=False)
-        return [(p.text, p.tokens, p.stopped) for p in result.predictions]
+        return [(p.text, p.tokens, p.stopped) for p in result.transcripts]
 
     alone = predictions(1)
     assert predictions(4) == alone
@@ -270,11 +270,11 @@ def test_language_hint_sets_the_prompt_language(adapters, corpus, monkeypatch):
         return real_generate(audios, languages, **kwargs)
 
     monkeypatch.setattr(adapter, "generate", recording_generate)
-    decode_utterances(adapter, utterances, batch_size=10, max_new_tokens=1, progress=False)
+    transcribe(adapter, utterances, batch_size=10, max_new_tokens=1, progress=False)
     by_duration = sorted(utterances, key=lambda u: -u.duration)
     assert asked == [u.language for u in by_duration] and set(asked) == {"zh", "en"}
     asked.clear()
-    decode_utterances(adapter, utterances, batch_size=10, max_new_tokens=1,
+    transcribe(adapter, utterances, batch_size=10, max_new_tokens=1,
                       language_hint=False, progress=False)
     assert asked == [None] * len(utterances)
 
@@ -294,7 +294,7 @@ def test_any_model_failure_is_an_error_naming_the_batch(adapters, corpus, monkey
 
     monkeypatch.setattr(adapter, "generate", failing_generate)
     with pytest.raises(DecodeError, match="RuntimeError: device fell over") as caught:
-        decode_utterances(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
+        transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
     assert caught.value.ids == batches[1]
     assert ", ".join(batches[1]) in str(caught.value)
     assert len(calls) == 2  # decoding stopped at the failed batch
@@ -304,5 +304,5 @@ def test_any_model_failure_is_an_error_naming_the_batch(adapters, corpus, monkey
                         lambda audios, languages, **kw: real_generate(audios, languages,
                                                                       **kw)[:-1])
     with pytest.raises(DecodeError, match="returned 3 responses for 4 clips") as caught:
-        decode_utterances(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
+        transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
     assert caught.value.ids == batches[0]

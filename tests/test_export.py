@@ -24,12 +24,12 @@ from stages import export, sft
 from stages.common.jsonl import write_jsonl
 from stages.data.audio import write_wav
 from stages.data.validation import Settings, validate_manifest
+from stages.demo.tiny import build_tiny_models
 from stages.models import load_adapter
-from stages.models.tiny import build_tiny_models
-from stages.train import export as export_lib
+from stages.train import checkpoint_export as export_lib
 from stages.train import load_model_weights
 from stages.train.checkpoint import read_meta
-from stages.train.export import (
+from stages.train.checkpoint_export import (
     compare_logits,
     model_card,
     resolve_checkpoint,

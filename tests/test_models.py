@@ -24,12 +24,12 @@ from transformers import (
 )
 
 from stages.common.errors import UserError
+from stages.demo.tiny import build_tiny_models, resolve_spec
 from stages.models import load_adapter
 from stages.models.audio_chat_lm import AudioChatLmAdapter
 from stages.models.qwen3_asr import Qwen3AsrAdapter
-from stages.models.tiny import build_tiny_models, resolve_spec
-from stages.opd.short_run import SPEC as SMALL_SPEC  # small enough for seconds per test
 from stages.tiny_models import build_parser, main
+from tests.short_run import SPEC as SMALL_SPEC  # small enough for seconds per test
 
 CORPUS = {
     "zh": ["今天天气很好，我们去公园散步。", "我想喝一杯热茶。", "这个问题很难回答。"],

@@ -3,7 +3,7 @@
 Cleaning and language choice are checked on crafted inputs; the step against a computation
 assembled by hand from the adapters, the vocabulary map and the loss; the short run (SFT both
 models briefly, then OPD) checks that the student actually moves toward the teacher.
-The corpus and the models come from ``stages.opd.short_run`` (session fixtures in conftest.py):
+The corpus and the models come from ``tests.short_run`` (session fixtures in conftest.py):
 the tiny demo models and espeak sentences.
 """
 
@@ -14,13 +14,13 @@ import torch
 
 from stages.common.errors import UserError
 from stages.models import load_adapter
+from stages.opd.config import OpdConfig
 from stages.opd.language import choose_languages, detect_language, script_counts
 from stages.opd.loss import union_topk_kl
 from stages.opd.rollout import clean_responses, default_synced_gpus, rollout
-from stages.opd.short_run import batch_of, run_opd, sft
-from stages.opd.step import OpdConfig, opd_forward, opd_step, prepare_teacher
-from stages.opd.vocab import VocabMap
-from stages.train.objectives import build_vocab_map
+from stages.opd.step import opd_forward, opd_step, prepare_teacher
+from stages.opd.vocab import VocabMap, build_vocab_map
+from tests.short_run import batch_of, run_opd, sft
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

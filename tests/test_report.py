@@ -21,7 +21,7 @@ import pytest
 
 from stages import report
 from stages.common.cli import run_stage
-from stages.eval.report import collect_results, csv_rows, display_rows
+from stages.reporting.results import collect_results, csv_rows, display_rows
 from tests.conftest import BIN, ROOT
 
 PRESETS = ["aishell", "meeting", "net", "clean", "other"]

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from stages.common.errors import UserError
-from stages.eval.errors import score_rows
+from stages.eval.scoring import score_rows
 
 
 def rows_of(pairs):

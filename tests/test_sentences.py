@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from stages.data.sentences import (
+from stages.demo.sentences import (
     LANGUAGES,
     MAX_WORDS,
     MIN_WORDS,

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 
 from stages.common.cli import run_stage
-from stages.data import degrade
-from stages.data.demo_corpus import (
+from stages.demo import degrade
+from stages.demo.corpus import (
     EVAL_PRESETS,
     SPLITS,
     allocate,
@@ -20,7 +20,7 @@ from stages.data.demo_corpus import (
     render_clip,
     train_language_weights,
 )
-from stages.data.espeak import Espeak
+from stages.demo.espeak import Espeak
 from stages.synth_demo import build_parser, main
 
 SIZES = ["train=12", "td_pool=6", "aishell=3", "meeting=3", "net=3", "clean=3", "other=3"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from stages.eval.errors import ErrorCounts
+from stages.eval.scoring import ErrorCounts
 from stages.td.filters import (
     FILTERS,
     Candidate,
@@ -17,7 +17,7 @@ from stages.td.filters import (
     spoken_units,
 )
 from stages.td.merge import check_reports, gather
-from stages.td.report import add_counts, empty_counts, shard_counts, summarize
+from stages.td.summary import add_counts, empty_counts, shard_counts, summarize
 
 DEFAULT = FilterSettings()
 
@@ -159,7 +159,7 @@ def test_every_failure_listed_in_filter_order():
 
 
 def test_disabled_filters_do_not_drop_but_still_count():
-    settings = FilterSettings(enabled=("empty",))
+    settings = FilterSettings(filters=("empty",))
     verdict = one(ok(text="la " * 8, stopped=False, logprob=-5.0, reference="hello"), settings)
     assert verdict.kept and verdict.repetition_checks == ["ngram"]
     assert verdict.counts == ErrorCounts(1, 0, 7, 1)  # still scored for the report
@@ -167,7 +167,7 @@ def test_disabled_filters_do_not_drop_but_still_count():
 
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="unknown filter"):
-        FilterSettings(enabled=("empty", "profanity"))
+        FilterSettings(filters=("empty", "profanity"))
     with pytest.raises(ValueError, match="default"):
         FilterSettings(max_units_per_second={"zh": 10.0})
     assert FilterSettings().as_dict()["enabled"] == list(FILTERS)

@@ -27,9 +27,9 @@ from stages.common.errors import UserError
 from stages.common.jsonl import read_json, read_jsonl, write_jsonl
 from stages.data.audio import write_wav
 from stages.data.batching import load_batch, read_utterances
+from stages.demo.tiny import build_tiny_models
 from stages.models import load_adapter
-from stages.models.tiny import build_tiny_models
-from stages.td.transcribe import KILL_HOOK_ENV, PartialLog, shard_batches, transcribe_batch
+from stages.td.shards import KILL_HOOK_ENV, PartialLog, shard_batches, transcribe_records
 from tests.helpers import stage, tone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +177,7 @@ def test_td_rows_are_valid_manifest_rows(single, tmp_path):
 def test_mean_logprob_matches_teacher_forced_pass(world):
     adapter = load_adapter(str(world["teacher"]))
     utterances = read_utterances(world["pool"])[:3]
-    records = transcribe_batch(adapter, utterances, max_new_tokens=6)
+    records = transcribe_records(adapter, utterances, max_new_tokens=6)
     batch = load_batch(utterances)
     responses = adapter.generate(batch.audios, batch.languages, max_new_tokens=6)
     logits, mask = adapter.response_logits(batch.audios, batch.languages, responses,

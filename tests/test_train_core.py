@@ -20,14 +20,15 @@ from train_driver import run, tiny_model
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from stages.common.errors import UserError
+from stages.common.settings import add_settings, settings_from_args
 from stages.train import (
     Checkpointer,
+    LoopConfig,
     MetricsLogger,
     OptimizerConfig,
     ResumableSampler,
     ScheduleConfig,
     TrainingDiverged,
-    add_loop_arguments,
     block_classes,
     build_optimizer,
     build_scheduler,
@@ -36,7 +37,6 @@ from stages.train import (
     latest_checkpoint,
     list_checkpoints,
     load_model_weights,
-    loop_config_from_args,
     lr_factor,
     shard_model,
     shutdown,
@@ -375,9 +375,11 @@ def test_resuming_an_older_checkpoint_saves_over_newer_steps(env, tmp_path):
 
 def test_loop_options():
     parser = argparse.ArgumentParser()
-    add_loop_arguments(parser)
-    args = parser.parse_args(["--max-steps", "50", "--resume", "latest", "--max-grad-norm", "0"])
-    cfg = loop_config_from_args(args, Path("out"))
+    add_settings(parser, LoopConfig)
+    args = parser.parse_args(["--output-dir", "out", "--max-steps", "50", "--resume", "latest",
+                              "--max-grad-norm", "0", "--no-tensorboard"])
+    cfg = settings_from_args(LoopConfig, args)
     assert (cfg.max_steps, cfg.resume, cfg.max_grad_norm, cfg.output_dir) == (
-        50, "latest", None, Path("out"))
+        50, "latest", 0.0, Path("out"))  # 0: no clipping
     assert (cfg.save_every, cfg.grad_accum, cfg.max_consecutive_skips) == (1000, 1, 3)
+    assert cfg.tensorboard is False and cfg.keep_last == 3

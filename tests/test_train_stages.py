@@ -19,10 +19,10 @@ from transformers import AutoModelForSeq2SeqLM, AutoProcessor
 
 from stages import calibrate, sft, train_opd
 from stages.common.jsonl import read_jsonl, write_jsonl
-from stages.data.demo_corpus import SPLITS, build_corpus
 from stages.data.validation import Settings, validate_manifest
+from stages.demo.corpus import SPLITS, build_corpus
+from stages.demo.tiny import build_tiny_models
 from stages.models import load_adapter
-from stages.models.tiny import build_tiny_models
 from stages.train import latest_checkpoint, load_model_weights
 from tests.helpers import (
     assert_computes_like,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tomllib
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from tests.conftest import BIN, ROOT
+from tests.dry_run import CORES, planned_jobs, stage_call
 
 
 def run(args, env, cwd=ROOT, check=True):
@@ -35,7 +37,7 @@ def test_lint_clean(venv_env):
     assert "Congratulations" in output
 
 
-def planned_jobs(output: str) -> dict[str, int]:
+def job_counts(output: str) -> dict[str, int]:
     """Job counts from the dry run's "Job stats" table."""
     table = output.split("Job stats:", 1)[1].split("total", 1)[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
@@ -44,10 +46,10 @@ def planned_jobs(output: str) -> dict[str, int]:
 def test_dry_run_plans_demo_dag(venv_env):
     # --forceall: plan the whole DAG even where an earlier `make demo` left results behind.
     result = snakemake("-n", "--forceall", "--quiet", "rules", env=venv_env)
-    jobs = planned_jobs(result.stdout + result.stderr)
+    jobs = job_counts(result.stdout + result.stderr)
     assert jobs == {
         "synth_demo": 1, "validate": 7,  # one validation per manifest: train, td_pool, presets
-        "tiny_models": 1, "bootstrap_teacher": 1, "bootstrap_student": 1,
+        "tiny_models": 1, "bootstrap": 2,  # the teacher and the student base
         "teacher_data": 2, "td_merge": 1, "td_adapt": 1,  # two TD shards in the demo config
         "calibrate": 2, "train_opd": 2, "export": 2,  # recipes base and td_adapted
         "evaluate": 20,  # 4 models x 5 presets
@@ -110,9 +112,8 @@ def test_real_mode_requires_manifests(venv_env, tmp_path, missing):
     assert f"{where} is not set" in result.stdout + result.stderr
 
 
-def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
-    """The paper recipe validates and plans the real-model DAG once its manifests exist: no
-    demo rules, 8-GPU torchrun training, the teacher and student given as hub ids."""
+def paper_recipe(tmp_path):
+    """The paper recipe with its manifests pointed at an (empty) file that exists."""
     recipe = yaml.safe_load((ROOT / "config" / "recipes" / "paper_ark_asr_0.6b.yaml").read_text())
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("")
@@ -120,12 +121,222 @@ def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
     for preset in recipe["presets"].values():
         preset["manifest"] = str(manifest)
     recipe["output_dir"] = str(tmp_path / "results")
+    return recipe
+
+
+def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
+    """The paper recipe validates and plans the real-model DAG once its manifests exist: no
+    demo rules, 8-GPU torchrun training, the teacher and student given as hub ids."""
+    recipe = paper_recipe(tmp_path)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     result = snakemake("-n", "--quiet", "rules", "--configfile", str(path), env=venv_env)
-    jobs = planned_jobs(result.stdout + result.stderr)
-    assert "synth_demo" not in jobs and "bootstrap_teacher" not in jobs
+    jobs = job_counts(result.stdout + result.stderr)
+    assert "synth_demo" not in jobs and "bootstrap" not in jobs
     assert jobs["teacher_data"] == 16 and jobs["evaluate"] == 20 and jobs["train_opd"] == 2
     shell = snakemake("-n", "-p", "--configfile", str(path), env=venv_env).stdout
     assert "torchrun --nnodes $SLURM_NNODES --nproc_per_node 8" in shell
     assert "--teacher Qwen/Qwen3-ASR-1.7B" in shell and "--top-k 32" in shell
+
+
+# ---- one source per setting ------------------------------------------------------------------
+
+def write_yaml(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"opdd": {"lr": 1e-3}}, "opdd"),
+    ({"outputdir": "elsewhere"}, "outputdir"),
+    ({"opd": {"step": {"top_kk": 8}}}, "top_kk"),
+    ({"teacher_data": {"max_ce": 0.2}}, "max_ce"),
+    ({"bootstrap": {"teacher": {"learning_rate": 1.0}}}, "learning_rate"),
+    ({"tiny_models": {"spec": {"student": {"layer": 2}}}}, "layer"),
+])
+def test_a_misspelled_key_at_any_level_fails_the_dry_run(venv_env, tmp_path, override, key):
+    result = snakemake("-n", "--configfile", str(write_yaml(tmp_path / "typo.yaml", override)),
+                       env=venv_env, check=False)
+    assert result.returncode != 0
+    assert key in result.stdout + result.stderr
+
+
+def test_schema_holds_no_defaults_and_every_setting_has_one_value():
+    """Values live in config.yaml alone (demo.yaml only re-tunes keys config.yaml has, plus the
+    demo's own sections); the schema carries none."""
+    schema_text = (ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text()
+    assert not re.search(r"^\s*default:", schema_text, re.M)
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+
+    def leaves(tree, prefix=()):
+        for key, value in tree.items():
+            if isinstance(value, dict) and value and key not in ("max_units_per_second", "sizes"):
+                yield from leaves(value, (*prefix, key))
+            else:
+                yield (*prefix, key)
+
+    demo_only = {("demo",), ("tiny_models",), ("bootstrap",)}
+    known = set(leaves(config))
+    for leaf in leaves(demo):
+        if leaf[:1] in demo_only or leaf[:2] in demo_only:
+            continue
+        assert leaf in known, f"demo.yaml sets {'.'.join(leaf)}, which config.yaml lacks"
+
+
+def test_tiny_spec_schema_matches_the_library():
+    from stages.demo.tiny import DEFAULT_SPEC
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    spec = schema["$defs"]["tiny_spec"]["properties"]
+    side = set(schema["$defs"]["tiny_side"]["properties"])
+    assert set(spec) == set(DEFAULT_SPEC)
+    assert side | set(spec["teacher"]["properties"]) == set(DEFAULT_SPEC["teacher"])
+    assert side == set(DEFAULT_SPEC["student"])
+
+
+# ---- the contract between the rules and the stage CLIs ---------------------------------------
+
+# Keys the workflow itself acts on (workflow/rules/common.smk: WORKFLOW_KEYS).
+WORKFLOW_KEYS = {"gpus", "launcher", "threads", "workers", "recipes", "shards",
+                 "student_td_adapted"}
+
+
+def merged(base, *overrides):
+    """Snakemake's own merge of config files (nested dicts merge, other values replace)."""
+    out = dict(base)
+    for override in overrides:
+        for key, value in override.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            else:
+                out[key] = value
+    return out
+
+
+def assert_options(rule, args, section, skip=()):
+    """Every stage option of a config section reached the job with the config's value."""
+    for key, value in section.items():
+        if key in WORKFLOW_KEYS or key in skip:
+            continue
+        assert hasattr(args, key), f"{rule}: config key {key} is not an option of the stage"
+        given = getattr(args, key)
+        if isinstance(value, dict):  # KEY=VALUE items
+            given = {k: type(value[k])(v) for k, v in (item.split("=", 1) for item in given)}
+        elif isinstance(value, list):
+            given = list(given)
+        if value is None:
+            continue  # left out: the stage's default, which means the same
+        assert given == value, f"{rule}: --{key.replace('_', '-')} is {given!r}, config {value!r}"
+
+
+def check_job(job, config):
+    """Parse the job's command with its stage's parser and compare it with the config."""
+    module, args = stage_call(job.command)
+    rule = job.rule
+    if rule == "validate":
+        assert_options(rule, args, config["validate"], skip=("max_seconds_train",
+                                                              "max_seconds_eval"))
+        assert args.workers == min(config["validate"]["workers"], CORES)
+        limits = {config["validate"]["max_seconds_train"], config["validate"]["max_seconds_eval"]}
+        assert args.max_seconds in limits
+    elif rule == "synth_demo":
+        assert_options(rule, args, config["demo"], skip=("enabled",))
+    elif rule == "tiny_models":
+        assert args.seed == config["tiny_models"]["seed"]
+        assert json.loads(args.spec) == config["tiny_models"]["spec"]
+    elif rule == "bootstrap":
+        role = args.output_dir.name.removeprefix("bootstrap_")
+        roles = {"teacher", "student_base"}
+        assert_options(rule, args, config["bootstrap"][role])
+        assert_options(rule, args, config["bootstrap"], skip=roles)
+    elif rule == "teacher_data":
+        assert_options(rule, args, config["teacher_data"])
+        assert args.num_shards == config["teacher_data"]["shards"]
+    elif rule == "td_adapt":
+        assert_options(rule, args, config["td_adapt"])
+    elif rule == "calibrate":
+        assert_options(rule, args, config["calibrate"])
+        assert_options(rule, args, config["opd"]["step"])
+        assert args.seed == config["opd"]["seed"]
+    elif rule == "train_opd":
+        assert_options(rule, args, config["opd"], skip=("step",))
+        assert_options(rule, args, config["opd"]["step"])
+    elif rule == "evaluate":
+        assert_options(rule, args, config["evaluate"])
+        assert_options(rule, args, config["presets"][args.preset], skip=("manifest",))
+    elif rule == "export":
+        assert_options(rule, args, config["export"])
+    elif rule not in ("td_merge", "report"):
+        raise AssertionError(f"rule {rule} has no contract check; add one here")
+    if rule in ("calibrate", "train_opd"):
+        models = config["models"]
+        assert args.trust_remote_code == models["trust_remote_code"]
+        assert (args.student_family, args.teacher_family) == (models["student_family"],
+                                                              models["teacher_family"])
+    return module
+
+
+def plan_and_check(venv_env, config, *configfiles):
+    jobs = [job for job in planned_jobs(venv_env, *configfiles) if job.rule != "all"]
+    modules = {check_job(job, config) for job in jobs}
+    return {job.rule for job in jobs}, modules
+
+
+def demo_config():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return merged(config, yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
+
+
+def test_every_rule_passes_the_config_to_its_stage(venv_env):
+    rules, modules = plan_and_check(venv_env, demo_config())
+    assert rules == {"synth_demo", "validate", "tiny_models", "bootstrap", "teacher_data",
+                     "td_merge", "td_adapt", "calibrate", "train_opd", "export", "evaluate",
+                     "report"}
+    assert len(modules) == 11  # every stage CLI (bootstrap and td_adapt both run stages.sft)
+
+
+def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
+    """Sampling, quarantine, a VUSS floor, several GPUs, extra models, families, remote code,
+    the TD-adapted student's evaluation and a fixed export tolerance."""
+    variant = {
+        "validate": {"on_error": "quarantine"},
+        "models": {"extra": {"other_model": "org/other-model"}, "student_family":
+                   "audio_chat_lm", "teacher_family": "qwen3_asr", "trust_remote_code": True},
+        "evaluate": {"student_td_adapted": True, "language_hint": False},
+        "teacher_data": {"filters": ["empty", "repetition"], "max_units_per_second":
+                         {"zh": 10.0, "default": 20.0}},
+        "calibrate": {"min_vuss": 12.5},
+        "td_adapt": {"gpus": 2},
+        "opd": {"gpus": 2, "step": {"sample": True, "sample_temperature": 0.7,
+                                    "keep_stop_token": False}},
+        "export": {"tolerance": 0.001, "dtype": "bfloat16"},
+    }
+    config = merged(demo_config(), variant)
+    rules, _ = plan_and_check(venv_env, config, write_yaml(tmp_path / "variant.yaml", variant))
+    assert "evaluate" in rules
+    commands = [j.command for j in planned_jobs(venv_env, tmp_path / "variant.yaml")]
+    assert any("--rejects" in c for c in commands)  # quarantine names the rejects file
+    assert any(c.startswith("torchrun --standalone --nproc_per_node 2 -m stages.train_opd")
+               for c in commands)
+    assert any("--model-name other_model" in c for c in commands)
+
+
+def test_the_paper_recipe_inherits_no_demo_value(venv_env, tmp_path):
+    """Resolved, the paper recipe is config.yaml + the recipe: every job gets exactly those
+    values, so none of the demo's tuned ones (config/demo.yaml) leaks into a real run."""
+    recipe = paper_recipe(tmp_path)
+    config = merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), recipe)
+    rules, _ = plan_and_check(venv_env, config, write_yaml(tmp_path / "recipe.yaml", recipe))
+    assert "bootstrap" not in rules and "train_opd" in rules
+    # The demo's values differ from a real run's on these keys: none may appear.
+    assert config["teacher_data"]["max_cer"] == 0.1 and config["opd"]["lr"] == 1e-4
+    assert config["opd"]["step"]["max_new_tokens"] == 64
+
+
+def test_a_recipe_that_forgets_demo_enabled_is_refused(venv_env, tmp_path):
+    recipe = {"models": {"teacher": "org/teacher", "student_base": "org/student"}}
+    result = snakemake("-n", "--configfile", str(write_yaml(tmp_path / "r.yaml", recipe)),
+                       env=venv_env, check=False)
+    assert result.returncode != 0
+    assert "demo.enabled is true" in result.stdout + result.stderr

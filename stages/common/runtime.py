@@ -1,4 +1,4 @@
-"""Where a stage computes: its --device, --dtype and --threads options, resolved one way.
+"""Where a stage computes: its device, dtype and threads settings, resolved one way.
 
 ``auto`` means CUDA when torch sees a GPU, else the CPU; the ``auto`` dtype is bfloat16 on CUDA
 and float32 on the CPU (the dtype the models compute in there). Bad values are a
@@ -7,34 +7,39 @@ and float32 on the CPU (the dtype the models compute in there). Bad values are a
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from stages.common.errors import UserError
+from stages.common.settings import setting
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser | Any, *, device: str = "auto",
-                          devices: Sequence[str] | None = None,
-                          dtypes: Sequence[str] | None = None) -> None:
-    """Add ``--device`` (default ``device``; ``devices``: the only accepted values, else auto,
-    cpu, cuda or cuda:N), ``--dtype`` (only when ``dtypes`` names the choices besides auto) and
-    ``--threads`` to a parser or an argument group."""
-    if devices is None:
-        parser.add_argument("--device", default=device,
-                            help=f"auto (cuda if available), cpu, cuda or cuda:N ({device})")
-    else:
-        parser.add_argument("--device", choices=list(devices), default=device,
-                            help=f"auto: CUDA when available ({device})")
-    if dtypes is not None:
-        parser.add_argument("--dtype", choices=["auto", *dtypes], default="auto",
-                            help="auto: bfloat16 on cuda, float32 on cpu (auto)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's own choice)")
+@dataclass(frozen=True, kw_only=True)
+class Threads:
+    """How many CPU threads torch uses (it does not change what a run computes)."""
+
+    threads: int | None = setting(None, volatile=True,
+                                  help="CPU threads for torch (default: torch's own choice)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Runtime(Threads):
+    """Where a stage computes: its device and CPU threads (neither changes what a run is)."""
+
+    device: str = setting("auto", volatile=True, metavar="DEVICE",
+                          help="auto (cuda if available), cpu, cuda or cuda:N")
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceRuntime(Runtime):
+    """Where and in which dtype a stage runs a model it does not train."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = setting(
+        "auto", help="auto: bfloat16 on cuda, float32 on cpu")
 
 
 def resolve_device(spec: str) -> torch.device:

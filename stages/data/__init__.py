@@ -1,1 +1,1 @@
-"""Manifests, audio loading, batching and the demo corpus."""
+"""The data contract: manifests, validation, audio loading and batching."""

@@ -19,7 +19,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from stages.common.errors import UserError
 from stages.common.jsonl import atomic_writer, dumps_row, write_json
 from stages.common.provenance import provenance
+from stages.common.settings import finite_seconds, positive_int, setting
 from stages.data.audio import SegmentError, segment_frames
 from stages.data.manifest import (
     LANGUAGES,
@@ -53,6 +54,43 @@ class Settings:
     require_text: bool = True
     min_seconds: float = 0.0
     max_seconds: float | None = None
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ValidationOptions:
+    """What a manifest is checked against and what happens to its bad lines."""
+
+    on_error: Literal["fail", "quarantine"] = setting(
+        "fail", help="fail: exit 1 if any line is bad and write no output manifest; "
+                     "quarantine: exit 0, keep the good lines, bad lines go to --rejects")
+    require_text: bool = setting(True, help="require a non-empty text field (turn off for a "
+                                            "teacher-data pool)")
+    min_seconds: float = setting(0.0, parse=finite_seconds,
+                                 help="reject segments shorter than this (too_short)")
+    max_seconds: float | None = setting(None, parse=finite_seconds,
+                                        help="reject segments longer than this (too_long; "
+                                             "default: no limit)")
+    workers: int = setting(usable_cores(), parse=positive_int, volatile=True,
+                           help="processes for the audio checks (default: all usable cores; "
+                                "1 = no pool)")
+    progress: bool = setting(True, volatile=True, help="progress bar on stderr")
+
+    def __post_init__(self) -> None:
+        if self.max_seconds is not None and self.max_seconds < self.min_seconds:
+            raise UserError(f"--max-seconds {self.max_seconds:g} is below --min-seconds "
+                            f"{self.min_seconds:g}; give a range that can hold a segment")
+
+    def line_settings(self, manifest_dir: str) -> Settings:
+        """What every line of a manifest in ``manifest_dir`` is checked against."""
+        return Settings(manifest_dir=manifest_dir, require_text=self.require_text,
+                        min_seconds=self.min_seconds, max_seconds=self.max_seconds)
 
 
 class LineResult(NamedTuple):

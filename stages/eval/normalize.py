@@ -26,10 +26,12 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, get_args
 
 from stages.common.errors import UserError
 
-NORMALIZERS = ("zh", "en", "basic", "none")
+NormalizerName = Literal["zh", "en", "basic", "none"]
+NORMALIZERS: tuple[str, ...] = get_args(NormalizerName)
 DEFAULT_NORMALIZER = {"cer": "zh", "wer": "en"}
 
 Normalizer = Callable[[str], str]

@@ -1,4 +1,4 @@
-"""Model adapters (one per family) and the tiny demo-model factory.
+"""Model adapters (one per family), how stages load them, and batched transcription.
 
 ``load_adapter(path_or_id)`` is the entry point for every stage: it reads the checkpoint's
 ``model_type``, picks the family and returns an :class:`AsrAdapter`.
@@ -6,13 +6,14 @@
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
 from transformers import AutoConfig
 
 from stages.common.errors import UserError
+from stages.common.settings import setting
 from stages.models.audio_chat_lm import AudioChatLmAdapter
 from stages.models.base import AsrAdapter
 from stages.models.qwen3_asr import Qwen3AsrAdapter
@@ -21,6 +22,9 @@ FAMILIES: dict[str, type[AsrAdapter]] = {
     Qwen3AsrAdapter.family: Qwen3AsrAdapter,
     AudioChatLmAdapter.family: AudioChatLmAdapter,
 }
+# The family names as a type, for settings that name one.
+Family = Literal["qwen3_asr", "audio_chat_lm"]
+assert set(get_args(Family)) == set(FAMILIES), "Family must list every adapter family"
 # transformers model_type -> family, for checkpoints that do not name their family.
 MODEL_TYPE_FAMILY = {
     "qwen3_asr": Qwen3AsrAdapter.family,
@@ -28,18 +32,17 @@ MODEL_TYPE_FAMILY = {
 }
 
 __all__ = ["FAMILIES", "MODEL_TYPE_FAMILY", "AsrAdapter", "AudioChatLmAdapter",
-           "Qwen3AsrAdapter", "add_model_arguments", "family_of", "load_adapter"]
+           "Family", "ModelLoading", "Qwen3AsrAdapter", "family_of", "load_adapter"]
 
 
-def add_model_arguments(parser: argparse.ArgumentParser | Any, *,
-                        trust_remote_code: bool = True) -> None:
-    """The options of how a stage loads its model: ``--family`` and (unless the stage adds it
-    elsewhere) ``--trust-remote-code``, for :func:`load_adapter`."""
-    parser.add_argument("--family", choices=sorted(FAMILIES), default=None,
-                        help="adapter family (default: from the checkpoint's model_type)")
-    if trust_remote_code:
-        parser.add_argument("--trust-remote-code", action="store_true",
-                            help="allow checkpoints that ship their own model code")
+@dataclass(frozen=True, kw_only=True)
+class ModelLoading:
+    """How a stage loads its model (for :func:`load_adapter`)."""
+
+    family: Family | None = setting(None, help="adapter family (default: from the checkpoint's "
+                                               "model_type)")
+    trust_remote_code: bool = setting(False, help="allow checkpoints that ship their own model "
+                                                  "code")
 
 
 def family_of(path_or_id: str, *, trust_remote_code: bool = False) -> str:

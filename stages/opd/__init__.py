@@ -1,2 +1,3 @@
-"""On-policy distillation: student rollout, teacher scoring, the teacher↔student vocabulary map
-(``vocab``) and the union top-k KL loss (``loss``)."""
+"""On-policy distillation: the step's settings (``config``), student rollout (``rollout``),
+teacher language (``language``), the teacher↔student vocabulary map (``vocab``), the union
+top-k KL loss (``loss``), the step itself (``step``) and calibration (``calibration``)."""

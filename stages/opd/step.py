@@ -65,53 +65,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from stages.common.errors import UserError
 from stages.data.batching import AudioBatch
 from stages.models.base import AsrAdapter
+from stages.opd.config import OpdConfig
 from stages.opd.language import LanguageChoice, choose_languages
 from stages.opd.loss import union_topk_kl
 from stages.opd.rollout import Rollout, rollout
 from stages.opd.vocab import VocabMap
-
-
-@dataclass(frozen=True)
-class OpdConfig:
-    """Settings of the OPD step.
-
-    ``top_k``/``temperature``: the union top-k KL's k and τ. ``max_new_tokens``: rollout cap.
-    ``keep_stop_token``: supervise the stop position (see :mod:`stages.opd.rollout`).
-    ``do_sample``/``sample_temperature``: sampled instead of greedy rollouts.
-    ``fallback_language``: teacher language of a row whose language is neither in the manifest
-    nor detectable. ``latin_language``: the language Latin-script rollouts are detected as.
-    ``reshard_during_decode``: re-gather a sharded student on every decoding step (less memory,
-    slower) instead of once per rollout (:func:`stages.opd.rollout.gathered`).
-    """
-
-    top_k: int = 32
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-    keep_stop_token: bool = True
-    do_sample: bool = False
-    sample_temperature: float = 1.0
-    fallback_language: str = "en"
-    latin_language: str = "en"
-    reshard_during_decode: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            problems.append(f"top_k must be a positive integer, got {self.top_k!r}")
-        if not 0 < self.temperature < float("inf"):
-            problems.append(f"temperature must be > 0, got {self.temperature!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
-        if not 0 < self.sample_temperature < float("inf"):
-            problems.append(f"sample_temperature must be > 0, got {self.sample_temperature!r}")
-        for name in ("fallback_language", "latin_language"):
-            if not (isinstance(getattr(self, name), str) and getattr(self, name)):
-                problems.append(f"{name} must be a language code such as 'en'")
-        if problems:
-            raise UserError("OPD settings: " + "; ".join(problems))
 
 
 @dataclass
@@ -200,7 +160,7 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
     stats: dict[str, float] = {}
 
     roll = rollout(student, batch.audios, batch.languages, max_new_tokens=cfg.max_new_tokens,
-                   keep_stop_token=cfg.keep_stop_token, do_sample=cfg.do_sample,
+                   keep_stop_token=cfg.keep_stop_token, do_sample=cfg.sample,
                    temperature=cfg.sample_temperature, generator=generator,
                    synced_gpus=synced_gpus, reshard_during_decode=cfg.reshard_during_decode)
     stats.update(roll.stats())
@@ -271,7 +231,7 @@ def opd_step(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap, batc
 
     ``compute_grad=False`` (calibration) scores the student under ``no_grad``: no graph is built
     and ``loss_sum`` does not require a gradient. ``synced_gpus``: None = on when several ranks
-    run. ``generator``: drives sampled rollouts (``cfg.do_sample``).
+    run. ``generator``: drives sampled rollouts (``cfg.sample``).
     """
     out = opd_forward(student, teacher, vocab_map, batch, cfg, synced_gpus=synced_gpus,
                       generator=generator, compute_grad=compute_grad)

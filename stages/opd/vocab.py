@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stages.common.errors import UserError
+from stages.models.base import AsrAdapter
 
 NEG_INF = float("-inf")
 
@@ -268,3 +269,12 @@ def _check_pairs(pairs: Mapping[int, int], student_width: int, teacher_width: in
     if len(set(pairs.values())) != len(pairs):
         raise UserError(f"vocabulary pairs {dict(pairs)} map two student ids to one teacher id; "
                         "each teacher token may be paired once")
+
+
+def build_vocab_map(student: AsrAdapter, teacher: AsrAdapter) -> VocabMap:
+    """Student → teacher ids by token string, with the two stop tokens paired explicitly (they
+    mean the same, e.g. a GLM ``<|endoftext|>`` and Qwen's ``<|im_end|>``)."""
+    return VocabMap.build(student.tokenizer, teacher.tokenizer,
+                          student_vocab_size=student.vocab_size,
+                          teacher_vocab_size=teacher.vocab_size,
+                          pairs={student.stop_token_id: teacher.stop_token_id})

@@ -1,10 +1,10 @@
 """Teacher data (TD): the teacher transcribes an audio pool, filters catch bad pseudo-labels.
 
-- ``transcribe``: sharding by duration-sorted batch, the resumable progress file, batched greedy
-  teacher transcription with mean token log-probs, the output row format.
+- ``shards``: sharding by duration-sorted batch, the resumable progress file, the teacher's raw
+  records (through ``stages.models.transcribe``), the output row format.
 - ``filters``: the quality filters (empty, unfinished, repetition, low_logprob,
   high_error_rate) and error counting against a pool reference.
-- ``report``: additive counts per shard, derived rates, the markdown view.
+- ``summary``: additive counts per shard, derived rates, the markdown view.
 - ``merge``: gathering shards into one manifest in a deterministic order, with consistency
   checks across the shard reports.
 

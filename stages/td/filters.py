@@ -38,16 +38,18 @@ from __future__ import annotations
 
 import unicodedata
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
-from stages.eval.errors import ErrorCounts, count_errors_batch
+from stages.common.settings import setting
 from stages.eval.normalize import Normalizer, normalize_zh, normalizer
+from stages.eval.scoring import ErrorCounts, count_errors_batch
 
-FILTERS = ("empty", "unfinished", "repetition", "low_logprob", "high_error_rate")
+FilterName = Literal["empty", "unfinished", "repetition", "low_logprob", "high_error_rate"]
+FILTERS: tuple[str, ...] = get_args(FilterName)
 REPETITION_CHECKS = ("ngram", "char_run", "compression", "rate")
 # Languages scored by characters (and whose repetition units are characters).
 CER_LANGUAGES = frozenset({"zh", "yue", "ja", "ko"})
@@ -56,23 +58,28 @@ DEFAULT_MAX_UNITS_PER_SECOND = MappingProxyType(
     {"zh": 12.0, "yue": 12.0, "ja": 15.0, "ko": 12.0, DEFAULT_LANGUAGE_KEY: 25.0})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FilterSettings:
-    """Which filters run and their bounds (see the module docstring)."""
+    """filters (each counted; --filters picks the ones that drop rows)"""
 
-    enabled: tuple[str, ...] = FILTERS
-    max_repeats: int = 4
-    max_repeat_ngram: int = 10
-    max_char_run: int = 10
-    max_compression_ratio: float = 2.4
-    max_units_per_second: Mapping[str, float] = field(
-        default_factory=lambda: dict(DEFAULT_MAX_UNITS_PER_SECOND))
-    min_mean_logprob: float = -1.0
-    max_cer: float = 0.1
-    max_wer: float = 0.1
+    filters: tuple[FilterName, ...] = setting(
+        FILTERS, metavar="NAME", help="filters that drop rows; give none to keep every row")
+    max_repeats: int = setting(4, help="most back-to-back copies of an n-gram")
+    max_repeat_ngram: int = setting(10, help="longest n-gram checked for back-to-back repeats, "
+                                             "in units")
+    max_char_run: int = setting(10, help="longest run of one non-space character")
+    max_compression_ratio: float = setting(2.4, help="highest zlib compression ratio of a "
+                                                     "transcript")
+    max_units_per_second: dict[str, float] = setting(
+        dict(DEFAULT_MAX_UNITS_PER_SECOND), metavar="LANG=N",
+        help="per-language bounds on spoken units per second (characters for zh/yue/ja/ko, "
+             "letters else), merged into the defaults; `default` covers the unlisted languages")
+    min_mean_logprob: float = setting(-1.0, help="lowest teacher mean token log-prob")
+    max_cer: float = setting(0.1, help="highest CER vs the reference, zh/yue/ja/ko")
+    max_wer: float = setting(0.1, help="highest WER vs the reference, other languages")
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.enabled) - set(FILTERS))
+        unknown = sorted(set(self.filters) - set(FILTERS))
         if unknown:
             raise ValueError(f"unknown filter(s) {', '.join(unknown)}; known: {', '.join(FILTERS)}")
         for name in ("max_repeats", "max_repeat_ngram", "max_char_run"):
@@ -88,7 +95,7 @@ class FilterSettings:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able settings, for reports and provenance."""
-        return {"enabled": list(self.enabled), "max_repeats": self.max_repeats,
+        return {"enabled": list(self.filters), "max_repeats": self.max_repeats,
                 "max_repeat_ngram": self.max_repeat_ngram, "max_char_run": self.max_char_run,
                 "max_compression_ratio": self.max_compression_ratio,
                 "max_units_per_second": dict(sorted(self.max_units_per_second.items())),
@@ -254,7 +261,7 @@ def reference_counts(candidates: Sequence[Candidate]) -> list[tuple[str, ErrorCo
 
 def judge(candidates: Sequence[Candidate], settings: FilterSettings) -> list[Verdict]:
     """Run every enabled filter on each candidate; one verdict per candidate, same order."""
-    enabled = set(settings.enabled)
+    enabled = set(settings.filters)
     verdicts = []
     for c, scored in zip(candidates, reference_counts(candidates), strict=True):
         metric, counts = scored or (None, None)

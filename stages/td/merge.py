@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stages.common.errors import UserError
-from stages.td.report import add_counts, empty_counts, summarize
+from stages.td.summary import add_counts, empty_counts, summarize
 
 # Report fields that must agree across the shards of one run.
 _SAME = {"pool checksum": ("pool", "sha256"), "pool size": ("pool", "rows"),

@@ -15,7 +15,7 @@ A stage puts it together like this (see ``stages/train/loop.py`` for the objecti
     checkpointer = Checkpointer(output_dir / "checkpoints", keep_last=3, config=settings)
     result = train(model, objective, optimizer, scheduler,
                    BatchSource(examples, sampler, collate), checkpointer,
-                   LoopConfig(output_dir=output_dir, max_steps=max_steps, resume="auto"), env)
+                   LoopConfig(output_dir=output_dir, max_steps=max_steps), env)
 """
 
 from stages.train.checkpoint import (
@@ -33,8 +33,6 @@ from stages.train.loop import (
     Objective,
     TrainingDiverged,
     TrainResult,
-    add_loop_arguments,
-    loop_config_from_args,
     train,
 )
 from stages.train.metrics import MetricsLogger, combine_rank_stats
@@ -60,7 +58,6 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "TrainingDiverged",
-    "add_loop_arguments",
     "block_classes",
     "build_optimizer",
     "build_scheduler",
@@ -69,7 +66,6 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_model_weights",
-    "loop_config_from_args",
     "lr_factor",
     "parameter_groups",
     "seed_everything",

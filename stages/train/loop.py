@@ -28,12 +28,11 @@ Metrics. One row per step (see ``metrics.py`` for how objective stats are reduce
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +41,7 @@ from torch import Tensor, nn
 from torch.distributed.tensor import DTensor
 
 from stages.common.errors import UserError
+from stages.common.settings import setting
 from stages.train.checkpoint import Checkpointer, Progress, TrainState, derived_seed
 from stages.train.data import BatchSource
 from stages.train.distributed import DistEnv, gather_objects, seed_everything
@@ -73,62 +73,37 @@ class TrainingDiverged(UserError):
     """Too many consecutive steps had a non-finite loss or gradient (or nothing to learn)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LoopConfig:
-    output_dir: Path
-    max_steps: int
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    save_every: int = 1000
-    resume: str = "auto"
-    seed: int = 0
-    max_consecutive_skips: int = 3
-    tensorboard: bool = True
-    progress: bool = True
+    """The loop's settings; ``volatile`` ones may change when a run resumes."""
+
+    output_dir: Path = setting(volatile=True, help="run folder: checkpoints/, metrics.jsonl, "
+                                                   "tensorboard/, train_summary.json")
+    max_steps: int = setting(volatile=True,
+                             help="loop steps to train to (counted across resumes)")
+    grad_accum: int = setting(1, help="micro-batches per optimizer step")
+    max_grad_norm: float = setting(1.0, help="clip the global gradient norm to this; 0 = no "
+                                             "clipping")
+    save_every: int = setting(1000, volatile=True,
+                              help="checkpoint every N steps, and at the end")
+    keep_last: int = setting(3, volatile=True, help="complete checkpoints to keep; 0 = all")
+    resume: str = setting("auto", volatile=True,
+                          help="latest | auto (latest if any, else fresh) | none | PATH to a "
+                               "step_<n> folder")
+    seed: int = setting(0, help="seed for init, data order, RNG")
+    max_consecutive_skips: int = setting(3, volatile=True,
+                                         help="abort after this many non-finite steps in a row")
+    tensorboard: bool = setting(True, volatile=True,
+                                help="also write TensorBoard event files beside metrics.jsonl")
+    progress: bool = field(default=True, metadata={"volatile": True})  # a progress bar
 
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.grad_accum < 1 or self.save_every < 1:
             raise ValueError("max_steps, grad_accum and save_every must be >= 1")
         if self.max_consecutive_skips < 1:
             raise ValueError("max_consecutive_skips must be >= 1")
-
-
-def add_loop_arguments(parser: argparse.ArgumentParser) -> None:
-    """The loop's options, shared by the training stages (SFT, OPD)."""
-    group = parser.add_argument_group("training loop")
-    group.add_argument("--max-steps", type=int, required=True,
-                       help="loop steps to train to (counted across resumes)")
-    group.add_argument("--grad-accum", type=int, default=1,
-                       help="micro-batches per optimizer step (default 1)")
-    group.add_argument("--max-grad-norm", type=float, default=1.0,
-                       help="clip the global gradient norm to this; 0 = no clipping (default 1)")
-    group.add_argument("--save-every", type=int, default=1000,
-                       help="checkpoint every N steps, and at the end (default 1000)")
-    group.add_argument("--keep-last", type=int, default=3,
-                       help="complete checkpoints to keep; 0 = all (default 3)")
-    group.add_argument("--resume", default="auto",
-                       help="latest | auto (latest if any, else fresh) | none | PATH to a "
-                            "step_<n> folder (default auto)")
-    group.add_argument("--seed", type=int, default=0, help="seed for init, data order, RNG")
-    group.add_argument("--max-consecutive-skips", type=int, default=3,
-                       help="abort after this many non-finite steps in a row (default 3)")
-    group.add_argument("--no-tensorboard", action="store_true",
-                       help="write metrics.jsonl only")
-
-
-def loop_config_from_args(args: argparse.Namespace, output_dir: Path) -> LoopConfig:
-    """A ``LoopConfig`` from the options of ``add_loop_arguments``."""
-    return LoopConfig(
-        output_dir=Path(output_dir),
-        max_steps=args.max_steps,
-        grad_accum=args.grad_accum,
-        max_grad_norm=args.max_grad_norm or None,
-        save_every=args.save_every,
-        resume=args.resume,
-        seed=args.seed,
-        max_consecutive_skips=args.max_consecutive_skips,
-        tensorboard=not args.no_tensorboard,
-    )
+        if self.keep_last < 0 or self.max_grad_norm < 0:
+            raise ValueError("keep_last and max_grad_norm must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -247,7 +222,7 @@ def _train_step(model: nn.Module, objective: Objective, optimizer: torch.optim.O
         for p in params:
             if p.grad is not None:
                 p.grad.mul_(scale)
-        max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else math.inf
+        max_norm = cfg.max_grad_norm or math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         grad_norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
         if not math.isfinite(grad_norm):

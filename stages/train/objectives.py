@@ -13,7 +13,6 @@ Both take :class:`stages.data.batching.AudioBatch` batches and an adapter whose 
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -23,7 +22,8 @@ from torch import Tensor, nn
 
 from stages.data.batching import AudioBatch
 from stages.models.base import IGNORE_INDEX, AsrAdapter
-from stages.opd.step import OpdConfig, opd_step
+from stages.opd.config import OpdConfig
+from stages.opd.step import opd_step
 from stages.opd.vocab import VocabMap
 from stages.train.checkpoint import derived_seed
 
@@ -77,54 +77,6 @@ class SftObjective:
         return loss_sum, tokens, stats
 
 
-def add_opd_arguments(parser: argparse.ArgumentParser) -> None:
-    """The OPD step's options, shared by ``stages.calibrate`` and ``stages.train_opd``."""
-    defaults = OpdConfig()
-    g = parser.add_argument_group("OPD step (union top-k forward KL on student rollouts)")
-    g.add_argument("--top-k", type=int, default=defaults.top_k,
-                   help=f"k of the teacher's and the student's top-k sets (default "
-                        f"{defaults.top_k})")
-    g.add_argument("--temperature", type=float, default=defaults.temperature,
-                   help=f"KL temperature τ; the loss is scaled by τ² (default "
-                        f"{defaults.temperature})")
-    g.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
-                   help=f"rollout length cap (default {defaults.max_new_tokens})")
-    g.add_argument("--no-keep-stop-token", dest="keep_stop_token", action="store_false",
-                   help="do not supervise the stop position (default: supervised, so the "
-                        "teacher can correct when the student stops)")
-    g.add_argument("--sample", dest="do_sample", action="store_true",
-                   help="sampled rollouts instead of greedy (seeded per step and rank)")
-    g.add_argument("--sample-temperature", type=float, default=defaults.sample_temperature,
-                   help="temperature of sampled rollouts (default 1)")
-    g.add_argument("--fallback-language", default=defaults.fallback_language,
-                   help="teacher prompt language of a row with neither a manifest language nor "
-                        f"a detectable script (default {defaults.fallback_language})")
-    g.add_argument("--latin-language", default=defaults.latin_language,
-                   help="language Latin-script rollouts are detected as (default "
-                        f"{defaults.latin_language})")
-    g.add_argument("--student-family", default=None,
-                   help="student adapter family (default: from its config)")
-    g.add_argument("--teacher-family", default=None,
-                   help="teacher adapter family (default: from its config)")
-
-
-def opd_config_from_args(args: argparse.Namespace) -> OpdConfig:
-    return OpdConfig(top_k=args.top_k, temperature=args.temperature,
-                     max_new_tokens=args.max_new_tokens, keep_stop_token=args.keep_stop_token,
-                     do_sample=args.do_sample, sample_temperature=args.sample_temperature,
-                     fallback_language=args.fallback_language,
-                     latin_language=args.latin_language)
-
-
-def build_vocab_map(student: AsrAdapter, teacher: AsrAdapter) -> VocabMap:
-    """Student → teacher ids by token string, with the two stop tokens paired explicitly (they
-    mean the same, e.g. a GLM ``<|endoftext|>`` and Qwen's ``<|im_end|>``)."""
-    return VocabMap.build(student.tokenizer, teacher.tokenizer,
-                          student_vocab_size=student.vocab_size,
-                          teacher_vocab_size=teacher.vocab_size,
-                          pairs={student.stop_token_id: teacher.stop_token_id})
-
-
 class OpdObjective:
     """On-policy distillation: ``stages.opd.step.opd_step`` on each micro-batch.
 
@@ -150,7 +102,7 @@ class OpdObjective:
         self._micro = 0
 
     def _generator(self, step: int) -> torch.Generator | None:
-        if not self.cfg.do_sample:
+        if not self.cfg.sample:
             return None
         self._micro = self._micro + 1 if step == self._step else 0
         self._step = step

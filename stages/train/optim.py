@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from stages.common.settings import setting
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:
@@ -50,6 +52,27 @@ class ScheduleConfig:
         if self.kind == "cosine" and self.total_steps < max(1, self.warmup_steps):
             raise ValueError(f"cosine schedule needs total_steps ({self.total_steps}) >= 1 and "
                              f">= warmup_steps ({self.warmup_steps})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSettings:
+    """What a training stage sets of the optimizer and schedule (AdamW, betas 0.9/0.95)."""
+
+    lr: float = setting(1e-4, help="peak learning rate")
+    warmup_steps: int = setting(100, help="linear warmup over this many updates")
+    schedule: Literal["cosine", "constant"] = setting(
+        "cosine", help="after warmup: cosine decay to min-lr-ratio × lr at --max-steps, or "
+                       "constant")
+    min_lr_ratio: float = setting(0.1, help="cosine floor as a fraction of --lr")
+    weight_decay: float = setting(0.005, help="decoupled weight decay on matrices")
+
+    def optimizer(self) -> OptimizerConfig:
+        return OptimizerConfig(lr=self.lr, weight_decay=self.weight_decay)
+
+    def schedule_over(self, total_steps: int) -> ScheduleConfig:
+        """The schedule of a run of ``total_steps`` optimizer updates."""
+        return ScheduleConfig(self.schedule, warmup_steps=self.warmup_steps,
+                              total_steps=total_steps, min_lr_ratio=self.min_lr_ratio)
 
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)

@@ -23,7 +23,6 @@ resumes.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
@@ -33,14 +32,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from stages.common.errors import UserError
 from stages.common.jsonl import iter_jsonl, read_jsonl, write_json
 from stages.common.provenance import provenance
-from stages.common.runtime import add_runtime_arguments, set_threads
+from stages.common.runtime import set_threads
+from stages.common.settings import group, run_settings, setting
 from stages.data.batching import Utterance, load_batch, read_utterances
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
@@ -56,73 +56,46 @@ from stages.train.distributed import (
 from stages.train.fsdp import shard_model
 from stages.train.hf_save import EXPORT_DTYPES, save_hf_folder
 from stages.train.loop import (
+    LoopConfig,
     Objective,
     TrainResult,
-    add_loop_arguments,
-    loop_config_from_args,
     train,
 )
-from stages.train.optim import (
-    OptimizerConfig,
-    ScheduleConfig,
-    build_optimizer,
-    build_scheduler,
-)
+from stages.train.optim import OptimSettings, ScheduleConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "train_summary.json"
-# Options that may change between a run and its resumption (not part of the settings hash).
-VOLATILE_OPTIONS = frozenset({
-    "max_steps", "save_every", "keep_last", "resume", "threads", "device", "output_dir",
-    "export_dir", "export_dtype", "no_tensorboard", "verbose", "calibration",
-    "max_consecutive_skips", "stale_checkpoints",
-})
 
 StepHook = Callable[[int, dict[str, Any]], None]
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, *, lr: float, warmup_steps: int,
-                           schedule: str = "cosine", weight_decay: float = 0.005) -> None:
-    """Data, optimizer, schedule, loop, runtime and export options (defaults per stage)."""
-    data = parser.add_argument_group("data")
-    data.add_argument("--train", required=True, type=Path,
-                      help="validated training manifest (python -m stages.validate)")
-    data.add_argument("--output-dir", required=True, type=Path,
-                      help="run folder: checkpoints/, metrics.jsonl, tensorboard/, "
-                           f"{SUMMARY_FILE}")
-    data.add_argument("--batch-size", type=int, default=8,
-                      help="global batch: utterances per micro-batch over all ranks; must be a "
-                           "multiple of the number of ranks (default 8)")
+@dataclass(frozen=True, kw_only=True)
+class TrainingSettings:
+    """What every training stage takes: data, optimizer, loop, runtime and export."""
 
-    opt = parser.add_argument_group("optimizer and schedule (AdamW, betas 0.9/0.95)")
-    opt.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
-    opt.add_argument("--warmup-steps", type=int, default=warmup_steps,
-                     help=f"linear warmup over this many updates (default {warmup_steps})")
-    opt.add_argument("--schedule", choices=["cosine", "constant"], default=schedule,
-                     help=f"after warmup: cosine decay to min-lr-ratio × lr at --max-steps, or "
-                          f"constant (default {schedule})")
-    opt.add_argument("--min-lr-ratio", type=float, default=0.1,
-                     help="cosine floor as a fraction of --lr (default 0.1)")
-    opt.add_argument("--weight-decay", type=float, default=weight_decay,
-                     help=f"decoupled weight decay on matrices (default {weight_decay})")
-
-    add_loop_arguments(parser)
-
-    run = parser.add_argument_group("runtime and export")
-    add_runtime_arguments(run, devices=("auto", "cpu", "cuda"))  # --threads: per process
-    run.add_argument("--trust-remote-code", action="store_true",
-                     help="allow checkpoints that ship their own model code")
-    run.add_argument("--export-dir", type=Path, default=None,
-                     help="write the trained model here as a Hugging Face folder when training "
-                          "completes (atomic: temporary folder, then rename)")
-    run.add_argument("--stale-checkpoints", choices=["refuse", "set-aside"], default="refuse",
-                     help="when --output-dir holds checkpoints of other settings: refuse (an "
-                          "error), or set-aside (rename checkpoints/ to "
-                          "checkpoints.stale-<hash>/ and start fresh; what workflows use)")
-    run.add_argument("--export-dtype", choices=sorted(EXPORT_DTYPES), default="float32",
-                     help="dtype of the exported weights (default float32: the trained master "
-                          "weights exactly)")
+    train: Path = setting(help="validated training manifest (python -m stages.validate)")
+    batch_size: int = setting(8, help="global batch: utterances per micro-batch over all ranks; "
+                                      "must be a multiple of the number of ranks")
+    optim: OptimSettings = group("optimizer and schedule (AdamW, betas 0.9/0.95)")
+    loop: LoopConfig = group("training loop")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", volatile=True,
+                                                     help="auto: CUDA when available")
+    threads: int | None = setting(None, volatile=True,
+                                  help="CPU threads for torch per process (default: torch's own "
+                                       "choice)")
+    export_dir: Path | None = setting(None, volatile=True,
+                                      help="write the trained model here as a Hugging Face folder "
+                                           "when training completes (atomic: temporary folder, "
+                                           "then rename)")
+    export_dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", volatile=True,
+        help="dtype of the exported weights (float32: the trained master weights exactly)")
+    stale_checkpoints: Literal["refuse", "set-aside"] = setting(
+        "refuse", volatile=True,
+        help="when --output-dir holds checkpoints of other settings: refuse (an error), or "
+             "set-aside (rename checkpoints/ to checkpoints.stale-<hash>/ and start fresh; "
+             "what workflows use)")
 
 
 def fingerprint(path: str | Path) -> str:
@@ -140,20 +113,18 @@ def fingerprint(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_settings(args: argparse.Namespace, inputs: dict[str, str | Path]) -> dict[str, Any]:
-    """The settings that define a run (hashed into every checkpoint): every option but the
-    volatile ones, plus a fingerprint of each input path."""
-    settings = {key: (str(value) if isinstance(value, Path) else value)
-                for key, value in sorted(vars(args).items()) if key not in VOLATILE_OPTIONS}
-    settings["input_fingerprints"] = {name: fingerprint(path) for name, path in inputs.items()}
-    return settings
+def identity_settings(settings: Any, inputs: dict[str, str | Path]) -> dict[str, Any]:
+    """The settings that define a run (hashed into every checkpoint): every non-volatile
+    setting of the stage, plus a fingerprint of each input path."""
+    identity = run_settings(settings)
+    identity["input_fingerprints"] = {name: fingerprint(path) for name, path in inputs.items()}
+    return identity
 
 
-def session_schedule(args: argparse.Namespace) -> ScheduleConfig:
-    """The lr schedule of the options (updates counted to ``--max-steps``)."""
+def session_schedule(training: TrainingSettings) -> ScheduleConfig:
+    """The lr schedule of the settings (updates counted to ``--max-steps``)."""
     try:
-        return ScheduleConfig(args.schedule, warmup_steps=args.warmup_steps,
-                              total_steps=args.max_steps, min_lr_ratio=args.min_lr_ratio)
+        return training.optim.schedule_over(training.loop.max_steps)
     except ValueError as err:
         raise UserError(f"schedule options: {err}") from err
 
@@ -190,25 +161,24 @@ def _line_of(manifest: str | Path, utt_id: str) -> int | str:
 class TrainingSession:
     """One training stage's run; create it with :meth:`start` (see the module docstring)."""
 
-    args: argparse.Namespace
+    training: TrainingSettings
+    trust_remote_code: bool
     env: DistEnv
     stage: str
     settings: dict[str, Any]
     started: float
 
     @classmethod
-    def start(cls, args: argparse.Namespace, *, stage: str,
-              inputs: dict[str, str | Path]) -> TrainingSession:
-        """Check the options, set threads, join the process group and seed. Use it as a context
-        manager (``with TrainingSession.start(...) as session:``): leaving the block leaves the
-        process group."""
-        set_threads(args.threads)
-        session_schedule(args)  # option errors before anything starts
-        try:
-            loop_config_from_args(args, args.output_dir)
-        except ValueError as err:
-            raise UserError(f"training-loop options: {err}") from err
-        env = init_distributed(None if args.device == "auto" else args.device)
+    def start(cls, training: TrainingSettings, *, stage: str, identity: Any,
+              inputs: dict[str, str | Path], trust_remote_code: bool = False
+              ) -> TrainingSession:
+        """Check the settings, set threads, join the process group and seed. ``identity``: the
+        stage's whole settings dataclass, hashed (without its volatile settings) with
+        fingerprints of ``inputs`` into every checkpoint. Use it as a context manager (``with
+        TrainingSession.start(...) as session:``): leaving the block leaves the process group."""
+        set_threads(training.threads)
+        session_schedule(training)  # option errors before anything starts
+        env = init_distributed(None if training.device == "auto" else training.device)
         if env.device.type == "cuda":
             # cuDNN's attention backward returns NaN gradients for some masked sequence lengths
             # (pytorch/pytorch#196678, since torch 2.11; seen here as ~6% skipped steps of
@@ -218,53 +188,54 @@ class TrainingSession:
         try:
             if not env.is_main:  # one voice in the log; warnings and errors come from all
                 logging.getLogger().setLevel(logging.WARNING)
-            if args.batch_size < 1 or args.batch_size % env.world_size:
-                raise UserError(f"--batch-size {args.batch_size} is not a positive multiple of "
-                                f"the {env.world_size} rank(s); it is the global batch, split "
+            batch = training.batch_size
+            if batch < 1 or batch % env.world_size:
+                raise UserError(f"--batch-size {batch} is not a positive multiple of the "
+                                f"{env.world_size} rank(s); it is the global batch, split "
                                 "evenly")
-            seed_everything(args.seed)  # same weights on every rank before sharding
-            session = cls(args=args, env=env, stage=stage, settings=run_settings(args, inputs),
+            seed_everything(training.loop.seed)  # same weights on every rank before sharding
+            session = cls(training=training, trust_remote_code=trust_remote_code, env=env,
+                          stage=stage, settings=identity_settings(identity, inputs),
                           started=time.perf_counter())
         except BaseException:
             shutdown()
             raise
         log.info("%s: %d rank(s) on %s, global batch %d (%d per rank), %d thread(s)", stage,
-                 env.world_size, env.device, args.batch_size, session.batch_per_rank,
+                 env.world_size, env.device, training.batch_size, session.batch_per_rank,
                  torch.get_num_threads())
         return session
 
     @property
     def batch_per_rank(self) -> int:
-        return self.args.batch_size // self.env.world_size
+        return self.training.batch_size // self.env.world_size
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.args.output_dir)
+        return Path(self.training.loop.output_dir)
 
     def load_trainee(self, path: str | Path, *, family: str | None = None) -> AsrAdapter:
         """The model to train, behind its adapter, fp32 master weights sharded with FSDP2 (bf16
         compute on CUDA). ``adapter.model`` is the wrapped model."""
         adapter = load_adapter(str(path), family=family, device=self.env.device,
-                               dtype=torch.float32, trust_remote_code=self.args.trust_remote_code)
+                               dtype=torch.float32, trust_remote_code=self.trust_remote_code)
         shard_model(adapter.model, self.env)
         return adapter
 
     def read_data(self, *, text_field: str | None) -> list[Utterance]:
         """The validated training manifest; with ``text_field``, every row must have one."""
-        utterances = read_utterances(self.args.train)
+        utterances = read_utterances(self.training.train)
         if text_field is not None:
-            require_text_field(utterances, self.args.train, text_field)
+            require_text_field(utterances, self.training.train, text_field)
         return utterances
 
     def checkpointer(self) -> Checkpointer:
-        keep = self.args.keep_last
-        return Checkpointer(self.output_dir / "checkpoints", keep_last=keep,
+        return Checkpointer(self.output_dir / "checkpoints", keep_last=self.training.loop.keep_last,
                             config=self.settings)
 
     def _handle_stale_checkpoint(self, checkpointer: Checkpointer) -> None:
         """Under auto/latest, a checkpoint from other settings is refused, or with
         ``--stale-checkpoints set-aside`` (and ``--resume auto``) moved away (module docstring)."""
-        spec = self.args.resume
+        spec = self.training.loop.resume
         if spec not in ("auto", "latest"):
             return
         found = checkpointer.resolve(spec)
@@ -273,7 +244,7 @@ class TrainingSession:
         saved = read_meta(found).get("config_hash")
         if saved == checkpointer.config_hash:
             return
-        if self.args.stale_checkpoints == "set-aside" and spec == "auto":
+        if self.training.stale_checkpoints == "set-aside" and spec == "auto":
             aside = checkpointer.root.with_name(f"{checkpointer.root.name}.stale-{saved}")
             if self.env.is_main:
                 if aside.exists():
@@ -296,28 +267,27 @@ class TrainingSession:
               extra_summary: dict[str, Any] | None = None) -> dict[str, Any]:
         """Build optimizer, schedule, sampler and checkpointer, run the loop to ``--max-steps``,
         then export (``--export-dir``) and write the summary. Returns the summary."""
-        args, env = self.args, self.env
+        training, env = self.training, self.env
         model = adapter.model
-        optimizer = build_optimizer(model, OptimizerConfig(lr=args.lr,
-                                                           weight_decay=args.weight_decay))
-        scheduler = build_scheduler(optimizer, session_schedule(args))
+        optimizer = build_optimizer(model, training.optim.optimizer())
+        scheduler = build_scheduler(optimizer, session_schedule(training))
         sampler = ResumableSampler(len(utterances), self.batch_per_rank, rank=env.rank,
-                                   world_size=env.world_size, seed=args.seed)
+                                   world_size=env.world_size, seed=training.loop.seed)
         batches = BatchSource(utterances, sampler, load_batch)
         checkpointer = self.checkpointer()
         self._handle_stale_checkpoint(checkpointer)
-        loop = loop_config_from_args(args, self.output_dir)
         if env.is_main:  # it describes a completed run: an older one must not outlive a new start
             (self.output_dir / SUMMARY_FILE).unlink(missing_ok=True)
 
         rows: list[dict[str, Any]] = []
-        result = train(model, objective, optimizer, scheduler, batches, checkpointer, loop, env,
+        result = train(model, objective, optimizer, scheduler, batches, checkpointer,
+                       training.loop, env,
                        hooks=[lambda step, row: rows.append(row), *hooks])
         exported = None
-        if args.export_dir is not None:
-            exported = save_hf_folder(model, base_model, args.export_dir, env,
-                                      trust_remote_code=args.trust_remote_code,
-                                      dtype=EXPORT_DTYPES[args.export_dtype])
+        if training.export_dir is not None:
+            exported = save_hf_folder(model, base_model, training.export_dir, env,
+                                      trust_remote_code=self.trust_remote_code,
+                                      dtype=EXPORT_DTYPES[training.export_dtype])
         summary = self._summary(result, rows, exported, base_model, extra_summary or {})
         if env.is_main:
             write_json(self.output_dir / SUMMARY_FILE, summary)
@@ -345,7 +315,7 @@ class TrainingSession:
             "base_model": str(base_model),
             "export_dir": str(exported) if exported else None,
             "world_size": self.env.world_size,
-            "global_batch": self.args.batch_size,
+            "global_batch": self.training.batch_size,
             "device": str(self.env.device),
             "seconds": round(time.perf_counter() - self.started, 2),
             **extra,

@@ -1,11 +1,26 @@
-# Paths and config lookups shared by every rule file.
+# Paths, config lookups and the stage-option builder shared by every rule file.
 import json
+import re
+import shlex
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 OUT = config["output_dir"]
 DEMO = config["demo"]["enabled"]
+# Config keys the workflow itself acts on (jobs, resources, launch); every other key of a stage's
+# section is that stage's option of the same name.
+WORKFLOW_KEYS = frozenset(
+    {
+        "gpus",
+        "launcher",
+        "threads",
+        "workers",
+        "recipes",
+        "shards",
+        "student_td_adapted",
+    }
+)
 PRESETS = list(config["presets"])
 # Manifests the pipeline reads: training data, the teacher-data pool, and one per eval preset.
 TRAINING_MANIFESTS = ["train", "td_pool"]
@@ -15,6 +30,28 @@ ENV = "../../envs/audio-opd.yaml"
 
 wildcard_constraints:
     name="|".join(MANIFESTS),
+
+
+def stage_options(section, *, skip=()):
+    """The stage options of a config section: `--key value` for every key (dashes for
+    underscores) except WORKFLOW_KEYS and `skip`. Booleans become `--key` / `--no-key`, lists
+    `--key a b`, mappings `--key k=v ...`; a null value is left out (the stage's default, which
+    means the same)."""
+    options = []
+    for key, value in section.items():
+        if key in WORKFLOW_KEYS or key in skip or value is None:
+            continue
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):
+            options.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, dict):
+            items = (shlex.quote(f"{k}={v}") for k, v in value.items())
+            options.append(" ".join([flag, *items]))
+        elif isinstance(value, list):
+            options.append(" ".join([flag, *(shlex.quote(str(v)) for v in value)]))
+        else:
+            options.append(f"{flag} {shlex.quote(str(value))}")
+    return " ".join(options)
 
 
 def configured_manifest(name):
@@ -77,6 +114,16 @@ for _role, _path in (
             f"config: models.{_role} is not set. Give a model folder or hub id there, or set "
             "demo.enabled: true to use the demo's own models."
         )
+if DEMO:
+    # A real recipe that forgot demo.enabled: false would silently run the demo instead.
+    _given = [f"manifests.{k}" for k, v in config["manifests"].items() if v] + [
+        f"models.{k}" for k in ("teacher", "student_base") if config["models"][k]
+    ]
+    if _given:
+        raise WorkflowError(
+            f"config: {', '.join(_given)} set while demo.enabled is true, and the demo ignores "
+            "them. Set demo.enabled: false to run on your data and models."
+        )
 
 # Stage option passed to every stage that loads a model.
 REMOTE_CODE = "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
@@ -87,6 +134,45 @@ def family_option(role, flag="--family"):
     stage detects it from the checkpoint)."""
     family = config["models"][f"{role}_family"]
     return f"{flag} {family}" if family else ""
+
+
+def evaluation_models():
+    """Model name -> (folder or hub id, adapter family; None = from the checkpoint): the
+    pipeline's own models, then `models.extra`, which may not reuse their names."""
+    models = config["models"]
+    student_family = models["student_family"]
+    sources = {
+        "student_base": (student_base_model(), student_family),
+        "teacher": (teacher_model(), models["teacher_family"]),
+    }
+    if config["evaluate"]["student_td_adapted"]:
+        sources["student_td_adapted"] = (student_td_model(), student_family)
+    for recipe in config["opd"]["recipes"]:
+        sources[f"opd_{recipe}"] = (opd_model(recipe), student_family)
+    for name, path in models["extra"].items():
+        if name in sources:
+            raise WorkflowError(
+                f"config: models.extra.{name} reuses the name of a pipeline model "
+                f"({', '.join(sources)}); give the extra model another name."
+            )
+        # The name becomes a folder under eval/ and a wildcard value.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise WorkflowError(
+                f"config: models.extra: {name!r} is not a usable model name; use letters, "
+                "digits, '_', '.' and '-'."
+            )
+        sources[name] = (path, None)
+    return sources
+
+
+# The paper's Table 1: rows base, base+OPD, base+TD+OPD, teacher; its presets in its order.
+PAPER_MODEL_ORDER = ["student_base", "opd_base", "opd_td_adapted", "teacher"]
+PAPER_PRESET_ORDER = ["aishell", "meeting", "net", "clean", "other"]
+
+
+def paper_order(names, paper):
+    """`names` with the paper's ones first, in the paper's order, then the others as given."""
+    return [n for n in paper if n in names] + [n for n in names if n not in paper]
 
 
 def is_local_model(path):
@@ -118,16 +204,15 @@ def training_launcher(section):
 
 def validate_options(wildcards, output):
     name = wildcards.name
+    section = config["validate"]
     limit = "max_seconds_train" if name in TRAINING_MANIFESTS else "max_seconds_eval"
-    on_error = config["validate"]["on_error"]
     options = [
-        f"--on-error {on_error}",
-        f"--min-seconds {config['validate']['min_seconds']}",
-        f"--max-seconds {config['validate'][limit]}",
+        stage_options(section, skip=("max_seconds_train", "max_seconds_eval")),
+        f"--max-seconds {section[limit]}",
         # The teacher-data pool is transcribed by the teacher; its references are optional.
         "--no-require-text" if name == "td_pool" else "--require-text",
     ]
-    if on_error == "quarantine":
+    if section["on_error"] == "quarantine":
         rejects = Path(output.manifest).with_suffix(".rejects.jsonl")
         options.append(f"--rejects {rejects}")
     return " ".join(options)

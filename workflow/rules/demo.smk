@@ -1,5 +1,11 @@
-# The embedded demo: a synthesized multilingual speech corpus (espeak-ng), so the whole
-# pipeline runs with no download. Only part of the DAG when demo.enabled is true.
+# The embedded demo: a synthesized multilingual speech corpus (espeak-ng), tiny random models and
+# their bootstrap into a teacher and a student base, so the whole pipeline runs with no
+# download. Only part of the DAG when demo.enabled is true (its settings: config/demo.yaml).
+# (No `def` here: snakemake --lint wants functions and rules in separate files.)
+
+BOOTSTRAP = config.get("bootstrap", {})
+# Bootstrap roles: the model each one becomes (models/<role>) and the tiny model it starts from.
+BOOTSTRAP_INIT = {"teacher": "teacher_init", "student_base": "student_init"}
 
 
 rule synth_demo:
@@ -7,7 +13,7 @@ rule synth_demo:
         manifests=expand(
             "{out}/demo/manifests/{split}.jsonl",
             out=OUT,
-            split=list(config["demo"]["sizes"]),
+            split=list(config["demo"].get("sizes", {})),
         ),
         wavs=directory(f"{OUT}/demo/wavs"),
         details=directory(f"{OUT}/demo/details"),
@@ -16,15 +22,12 @@ rule synth_demo:
         f"{OUT}/logs/synth_demo.log",
     conda:
         ENV
-    threads: config["demo"]["workers"]
+    threads: config["demo"].get("workers", 1)
     params:
         out_dir=lambda wildcards, output: Path(output.corpus).parent,
-        seed=config["demo"]["seed"],
-        sizes=" ".join(f"{k}={v}" for k, v in config["demo"]["sizes"].items()),
-        languages=" ".join(config["demo"]["train_languages"]),
+        options=stage_options(config["demo"], skip=("enabled",)),
     shell:
-        "python -m stages.synth_demo --output-dir {params.out_dir} --seed {params.seed}"
-        " --sizes {params.sizes} --train-languages {params.languages}"
+        "python -m stages.synth_demo --output-dir {params.out_dir} {params.options}"
         " --workers {threads} 2> {log}"
 
 
@@ -43,8 +46,41 @@ rule tiny_models:
         ENV
     params:
         out_dir=lambda wildcards, output: Path(output.summary).parent,
-        spec=json.dumps(config["tiny_models"]["spec"]),
-        seed=config["tiny_models"]["seed"],
+        options=stage_options(config.get("tiny_models", {}), skip=("spec",)),
+        spec=shlex.quote(json.dumps(config.get("tiny_models", {}).get("spec", {}))),
     shell:
         "python -m stages.tiny_models --manifests {input.train} {input.td_pool}"
-        " --output-dir {params.out_dir} --spec '{params.spec}' --seed {params.seed} 2> {log}"
+        " --output-dir {params.out_dir} {params.options} --spec {params.spec} 2> {log}"
+
+
+if DEMO:
+
+    # SFT of a tiny random model into the demo teacher or student base: bootstrap.<role> plus the
+    # keys beside the roles.
+    rule bootstrap:
+        input:
+            model=lambda wildcards: f"{OUT}/models/tiny/{BOOTSTRAP_INIT[wildcards.role]}",
+            train=validated("train"),
+        output:
+            model=directory(f"{OUT}/models/{{role}}"),
+            summary=f"{OUT}/train/bootstrap_{{role}}/train_summary.json",
+        log:
+            f"{OUT}/logs/bootstrap_{{role}}.log",
+        wildcard_constraints:
+            role="|".join(BOOTSTRAP_INIT),
+        conda:
+            ENV
+        threads: BOOTSTRAP.get("threads", 1)
+        resources:
+            gpu=1,
+        params:
+            train_dir=lambda wildcards, output: Path(output.summary).parent,
+            options=lambda wildcards: stage_options(
+                BOOTSTRAP[wildcards.role], skip=BOOTSTRAP_INIT
+            ),
+            shared=stage_options(BOOTSTRAP, skip=BOOTSTRAP_INIT),
+        shell:
+            "python -m stages.sft --model {input.model} --train {input.train}"
+            " --output-dir {params.train_dir} --export-dir {output.model}"
+            " {params.options} {params.shared} --stale-checkpoints set-aside"
+            " --threads {threads} 2> {log}"

@@ -2,41 +2,8 @@
 # recipe's names, so existing eval folders and tools work unchanged:
 # eval/<model>/test_<preset>.jsonl (rows, worst first) and eval/<model>/summary_<preset>.json.
 # (No `def` here: snakemake --lint wants functions and rules in separate files.)
-import re
-
-# OPD recipes whose exported students are evaluated (the `opd` section may list them).
-OPD_RECIPES = config["opd"]["recipes"]
-
-# Model name -> (folder or hub id, adapter family; None = from the checkpoint's model_type):
-# the pipeline's own models, then `models.extra`, which may not reuse their names.
-EVAL_MODEL_SOURCES = {
-    "student_base": (student_base_model(), config["models"]["student_family"]),
-    "teacher": (teacher_model(), config["models"]["teacher_family"]),
-}
-if config["evaluate"]["student_td_adapted"]:
-    EVAL_MODEL_SOURCES["student_td_adapted"] = (
-        student_td_model(),
-        config["models"]["student_family"],
-    )
-for _recipe in OPD_RECIPES:
-    EVAL_MODEL_SOURCES[f"opd_{_recipe}"] = (
-        opd_model(_recipe),
-        config["models"]["student_family"],
-    )
-for _name, _path in config["models"]["extra"].items():
-    if _name in EVAL_MODEL_SOURCES:
-        raise WorkflowError(
-            f"config: models.extra.{_name} reuses the name of a pipeline model "
-            f"({', '.join(EVAL_MODEL_SOURCES)}); give the extra model another name."
-        )
-    # The name becomes a folder under eval/ and a wildcard value.
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", _name):
-        raise WorkflowError(
-            f"config: models.extra: {_name!r} is not a usable model name; use letters, digits, "
-            "'_', '.' and '-'."
-        )
-    EVAL_MODEL_SOURCES[_name] = (_path, None)
-
+# Model name -> (folder or hub id, adapter family or None): see evaluation_models().
+EVAL_MODEL_SOURCES = evaluation_models()
 EVAL_MODELS = list(EVAL_MODEL_SOURCES)
 # Model name -> its folder (or hub id).
 eval_model_dir = lambda name: EVAL_MODEL_SOURCES[name][0]
@@ -82,20 +49,13 @@ rule evaluate:
             if EVAL_MODEL_SOURCES[wildcards.model][1]
             else ""
         ),
-        metric=lambda wildcards: config["presets"][wildcards.preset]["metric"],
-        normalizer=lambda wildcards: config["presets"][wildcards.preset]["normalizer"],
-        batch_size=config["evaluate"]["batch_size"],
-        max_new_tokens=config["evaluate"]["max_new_tokens"],
-        device=config["evaluate"]["device"],
-        dtype=config["evaluate"]["dtype"],
-        language_hint="on" if config["evaluate"]["language_hint"] else "off",
-        remote_code=REMOTE_CODE,
+        # The preset's metric and normalizer (its manifest is the input).
+        preset=lambda wildcards: stage_options(
+            config["presets"][wildcards.preset], skip=("manifest",)
+        ),
+        options=" ".join([stage_options(config["evaluate"]), REMOTE_CODE]),
     shell:
         "python -m stages.evaluate --model {params.model} --input {input.manifest}"
         " --output {output.rows} --summary {output.summary}"
         " --model-name {wildcards.model} --preset {wildcards.preset}"
-        " --metric {params.metric} --normalizer {params.normalizer}"
-        " --batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens}"
-        " --device {params.device} --dtype {params.dtype}"
-        " --language-hint {params.language_hint} {params.family} {params.remote_code}"
-        " --threads {threads} 2> {log}"
+        " {params.preset} {params.options} {params.family} --threads {threads} 2> {log}"

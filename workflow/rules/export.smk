@@ -35,20 +35,7 @@ rule export:
     params:
         run_dir=lambda wildcards, input: Path(input.summary).parent,
         base=lambda wildcards: recipe_student(wildcards.recipe),
-        options=" ".join(
-            [
-                f"--dtype {EXPORT['dtype']} --device {EXPORT['device']}",
-                f"--probe-clips {EXPORT['probe_clips']}",
-                f"--probe-max-new-tokens {EXPORT['probe_max_new_tokens']}",
-                (
-                    f"--tolerance {EXPORT['tolerance']}"
-                    if EXPORT["tolerance"] is not None
-                    else ""
-                ),
-                family_option("student"),
-                REMOTE_CODE,
-            ]
-        ),
+        options=" ".join([stage_options(EXPORT), family_option("student"), REMOTE_CODE]),
     shell:
         "python -m stages.export --checkpoint {params.run_dir} --base {params.base}"
         " --output {output} --probe-manifest {input.probe} {params.options}"

@@ -13,16 +13,9 @@ REPORT_DIR = f"{OUT}/report"
 REPORT_RECIPES = config["opd"]["recipes"]
 # The TD report joins when something in the report was built from teacher data.
 REPORT_TD = "td_adapted" in REPORT_RECIPES or config["evaluate"]["student_td_adapted"]
-# Table rows: the paper's order (base, base+OPD, base+TD+OPD, teacher), then the extras.
-REPORT_ORDER = ["student_base", "opd_base", "opd_td_adapted", "teacher"]
-REPORT_MODELS = [m for m in REPORT_ORDER if m in EVAL_MODELS] + [
-    m for m in EVAL_MODELS if m not in REPORT_ORDER
-]
-# Table columns: the paper's presets in its order, then any others in config order.
-REPORT_PAPER_PRESETS = ["aishell", "meeting", "net", "clean", "other"]
-REPORT_PRESETS = [p for p in REPORT_PAPER_PRESETS if p in PRESETS] + [
-    p for p in PRESETS if p not in REPORT_PAPER_PRESETS
-]
+# Table rows and columns in the paper's order, then the others.
+REPORT_MODELS = paper_order(EVAL_MODELS, PAPER_MODEL_ORDER)
+REPORT_PRESETS = paper_order(PRESETS, PAPER_PRESET_ORDER)
 # Every report output (for `rule all`).
 REPORT_TARGETS = [
     f"{REPORT_DIR}/{name}"

@@ -15,26 +15,6 @@ TD_TARGETS = [
     f"{TD_DIR}/report.md",
     student_td_model(),
 ]
-TD_FILTER_OPTIONS = " ".join(
-    [
-        "--filters " + " ".join(TD["filters"]),
-        f"--max-repeats {TD['max_repeats']}",
-        f"--max-repeat-ngram {TD['max_repeat_ngram']}",
-        f"--max-char-run {TD['max_char_run']}",
-        f"--max-compression-ratio {TD['max_compression_ratio']}",
-        f"--min-mean-logprob {TD['min_mean_logprob']}",
-        f"--max-cer {TD['max_cer']}",
-        f"--max-wer {TD['max_wer']}",
-    ]
-    + (
-        [
-            "--max-units-per-second "
-            + " ".join(f"{k}={v}" for k, v in TD["max_units_per_second"].items())
-        ]
-        if TD.get("max_units_per_second")
-        else []
-    )
-)
 
 
 rule teacher_data:
@@ -60,21 +40,13 @@ rule teacher_data:
         gpu=1,
     params:
         teacher=teacher_model(),
-        family=family_option("teacher"),
-        remote_code=REMOTE_CODE,
         num_shards=TD["shards"],
-        batch_size=TD["batch_size"],
-        max_new_tokens=TD["max_new_tokens"],
-        device=TD["device"],
-        dtype=TD["dtype"],
-        filters=TD_FILTER_OPTIONS,
+        options=" ".join([stage_options(TD), family_option("teacher"), REMOTE_CODE]),
     shell:
         "python -m stages.teacher_data --teacher {params.teacher} --input {input.pool}"
         " --output {output.manifest} --rejects {output.rejects} --report {output.report}"
-        " --shard {wildcards.shard} --num-shards {params.num_shards}"
-        " --batch-size {params.batch_size} --max-new-tokens {params.max_new_tokens}"
-        " --device {params.device} --dtype {params.dtype} {params.family}"
-        " {params.remote_code} {params.filters} --threads {threads} 2> {log}"
+        " --shard {wildcards.shard} --num-shards {params.num_shards} {params.options}"
+        " --threads {threads} 2> {log}"
 
 
 rule td_merge:
@@ -119,26 +91,12 @@ rule td_adapt:
     params:
         launch=lambda wildcards: training_launcher(TD_ADAPT),
         model=student_base_model(),
-        family=family_option("student"),
-        remote_code=REMOTE_CODE,
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         options=" ".join(
-            f"--{key.replace('_', '-')} {TD_ADAPT[key]}"
-            for key in (
-                "max_steps",
-                "batch_size",
-                "lr",
-                "warmup_steps",
-                "schedule",
-                "min_lr_ratio",
-                "weight_decay",
-                "save_every",
-                "seed",
-                "device",
-            )
+            [stage_options(TD_ADAPT), family_option("student"), REMOTE_CODE]
         ),
     shell:
         "{params.launch} -m stages.sft --model {params.model} --train {input.train}"
-        " --output-dir {params.out_dir} {params.options} {params.family}"
-        " {params.remote_code} --stale-checkpoints set-aside --threads {threads}"
+        " --output-dir {params.out_dir} {params.options}"
+        " --stale-checkpoints set-aside --threads {threads}"
         " --export-dir {output.model} 2> {log}"

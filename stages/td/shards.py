@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -37,14 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.common.errors import UserError
 from stages.common.jsonl import dumps_row
-from stages.data.batching import Utterance, duration_sorted_batches, load_batch
+from stages.data.batching import Utterance, duration_sorted_batches
 from stages.models.base import AsrAdapter
+from stages.models.transcribe import DecodeError, transcribe_batch
 
 log = logging.getLogger(__name__)
 
@@ -160,47 +158,31 @@ class PartialLog:
 
 # ---- transcription -----------------------------------------------------------------------------
 
-def token_logprobs(logits: torch.Tensor, ids: Sequence[int], blocked: torch.Tensor
-                   ) -> torch.Tensor:
-    """Log-probabilities (fp32) of ``ids`` under the decoding distribution: the logits [n, V]
-    with the blocked ids at -inf, as ``generate`` chose from them."""
-    logits = logits.float().index_fill(-1, blocked.to(logits.device), float("-inf"))
-    index = torch.tensor(list(ids), dtype=torch.long, device=logits.device).unsqueeze(-1)
-    return F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
-
-
-def transcribe_batch(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
-                     max_new_tokens: int) -> list[dict[str, Any]]:
+def transcribe_records(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
+                       max_new_tokens: int) -> list[dict[str, Any]]:
     """Greedy teacher transcripts of one batch: one raw record per clip (see RECORD_FIELDS).
 
     A manifest language is forced into the prompt (Qwen3-ASR's ``language X<asr_text>``
     header); without one the teacher writes the header and ``response_language`` reads it.
     The mean log-prob covers every generated token: header (when generated), text and stop.
     """
-    batch = load_batch(utterances)
-    responses, logits = adapter.generate(batch.audios, batch.languages,
-                                         max_new_tokens=max_new_tokens, output_logits=True)
     records = []
-    for row, (utt, response) in enumerate(zip(utterances, responses, strict=True)):
-        stopped = bool(response) and response[-1] == adapter.stop_token_id
-        body = response[:-1] if stopped else response
-        logprobs = token_logprobs(logits[row, :len(response)], response,
-                                  adapter.blocked_token_ids)
-        mean = float(logprobs.mean()) if response else -math.inf
+    for t in transcribe_batch(adapter, utterances, max_new_tokens=max_new_tokens, logprobs=True):
+        utt = t.utterance
         if utt.language is not None:
             language, source = utt.language, "manifest"
         else:
-            language = adapter.response_language(response)
+            language = t.language
             source = "detected" if language is not None else "none"
         records.append({
             "id": utt.id,
-            "text": adapter.decode_response(response),
-            "teacher_text_raw": adapter.tokenizer.decode(body, skip_special_tokens=False),
+            "text": t.text,
+            "teacher_text_raw": t.raw_text,
             "language": language,
             "language_source": source,
-            "teacher_mean_logprob": round(mean, LOGPROB_DECIMALS),
-            "teacher_tokens": len(response),
-            "teacher_stopped": stopped,
+            "teacher_mean_logprob": round(t.mean_logprob, LOGPROB_DECIMALS),
+            "teacher_tokens": t.generated,
+            "teacher_stopped": t.stopped,
         })
     return records
 
@@ -263,17 +245,11 @@ def transcribe_shard(adapter_factory, batches: Sequence[Sequence[Utterance]],
     with bar:
         for batch in todo:
             try:
-                new = transcribe_batch(adapter, batch, max_new_tokens=max_new_tokens)
-            except UserError:
-                raise
-            except Exception as err:
-                ids = ", ".join(u.id for u in batch)
-                log.error("teacher transcription failed for %s", ids, exc_info=err)
+                new = transcribe_records(adapter, batch, max_new_tokens=max_new_tokens)
+            except DecodeError as err:
                 raise UserError(
-                    f"teacher transcription failed for the batch of {ids}: "
-                    f"{type(err).__name__}: {err}. Finished batches are kept in {partial.path}; "
-                    "fix the cause (an out-of-memory error needs a smaller --batch-size, which "
-                    "restarts the shard) and rerun to continue") from err
+                    f"teacher {err} Finished batches are kept in {partial.path}; fix the cause "
+                    "(a smaller --batch-size restarts the shard) and rerun to continue") from err
             partial.append(new)
             for record in new:
                 run.records[record["id"]] = record

@@ -30,16 +30,19 @@ from tqdm import tqdm
 from stages.common.errors import UserError
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
-from stages.data import degrade
+from stages.common.settings import setting
 from stages.data.audio import TARGET_SAMPLE_RATE, resample, write_wav
-from stages.data.espeak import Espeak, voice_name
-from stages.data.sentences import LANGUAGES, generate_sentence, sample_sentences
+from stages.demo import degrade
+from stages.demo.espeak import Espeak, voice_name
+from stages.demo.sentences import LANGUAGES, Language, generate_sentence, sample_sentences
 
 log = logging.getLogger(__name__)
 
 EVAL_PRESETS = ("aishell", "meeting", "net", "clean", "other")
 DEFAULT_SIZES = {"train": 1100, "td_pool": 300, "aishell": 40, "meeting": 40, "net": 40,
                  "clean": 40, "other": 40}
+
+
 
 # Voice variants: the ordinary ones for most clips, harder ones for "other" and a few training
 # clips (so that the harder preset is hard but learnable).
@@ -63,7 +66,7 @@ class Recipe:
     """
 
     language: str  # a language code, or "mix" for the training mix
-    partition: str  # sentence partition (see stages.data.sentences.PARTITIONS)
+    partition: str  # sentence partition (see stages.demo.sentences.PARTITIONS)
     hard_voice_share: float = 0.0
     rate: tuple[int, int] = (150, 200)
     pitch: tuple[int, int] = (40, 60)
@@ -92,6 +95,30 @@ RECIPES = {
                     noise_kinds=NOISE_KINDS, snr_db=(10.0, 20.0)),
 }
 SPLITS = tuple(RECIPES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusSettings:
+    """What the demo corpus holds."""
+
+    seed: int = setting(1234, help="corpus seed")
+    sizes: dict[str, int] = setting(
+        DEFAULT_SIZES, metavar="NAME=COUNT",
+        help="clips per split; unnamed splits keep their default, 0 skips a split")
+    train_languages: tuple[Language, ...] = setting(LANGUAGES, metavar="LANG",
+                                                    help="languages of train and td_pool")
+    workers: int = setting(1, volatile=True, help="synthesis processes")
+    progress: bool = setting(True, volatile=True, help="progress bar on stderr")
+
+    def __post_init__(self) -> None:
+        for name, count in self.sizes.items():
+            if name not in SPLITS:
+                raise UserError(f"--sizes: unknown split {name!r}; the splits are "
+                                f"{', '.join(SPLITS)}")
+            if count < 0:
+                raise UserError(f"--sizes: count for {name} must be 0 or more, got {count}")
+        if not self.train_languages:
+            raise UserError("--train-languages: give at least one language")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stages.eval.errors import METRICS
+from stages.eval.scoring import METRICS
 from stages.td.filters import FILTERS, REPETITION_CHECKS, Verdict, metric_for
 
 LANGUAGE_SOURCES = ("manifest", "detected", "none")

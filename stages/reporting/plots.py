@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from stages.common.jsonl import atomic_writer
-from stages.eval.report import CURVES, ResultsTable, curve
+from stages.reporting.results import CURVES, ResultsTable, curve
 
 DPI = 120
 

@@ -19,10 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
-LANGUAGES = ("zh", "en", "de", "fr", "ko", "ja")
+Language = Literal["zh", "en", "de", "fr", "ko", "ja"]
+LANGUAGES: tuple[str, ...] = get_args(Language)
 MIN_WORDS, MAX_WORDS = 2, 5
 
 # Sentence-space partitions, by hash bucket out of 100: sizes 70 / 15 / 15.

@@ -1,7 +1,7 @@
 """A short single-process OPD run on in-memory clips, and its pieces.
 
 No manifests, process group or FSDP: espeak-synthesized sentences held in memory, the tiny demo
-models (``stages.models.tiny``) built from their texts, a plain supervised fine-tuning loop (so a
+models (``stages.demo.tiny``) built from their texts, a plain supervised fine-tuning loop (so a
 teacher can be made to know the transcripts) and a plain OPD loop over
 :func:`stages.opd.step.opd_step` with AdamW on the student. ``benchmarks/opd_short_run.py`` runs
 it from the command line; the OPD tests build their models and batches with it.
@@ -19,11 +19,12 @@ import torch
 from stages.common.jsonl import write_jsonl
 from stages.data.audio import TARGET_SAMPLE_RATE, resample
 from stages.data.batching import AudioBatch, Utterance
-from stages.data.espeak import Espeak, voice_name
-from stages.data.sentences import generate_sentence
+from stages.demo.espeak import Espeak, voice_name
+from stages.demo.sentences import generate_sentence
+from stages.demo.tiny import build_tiny_models
 from stages.models.base import AsrAdapter
-from stages.models.tiny import build_tiny_models
-from stages.opd.step import OpdConfig, opd_step, prepare_teacher
+from stages.opd.config import OpdConfig
+from stages.opd.step import opd_step, prepare_teacher
 from stages.opd.vocab import VocabMap
 
 LANGUAGES = ("zh", "en", "ja", "ko", "de", "fr")

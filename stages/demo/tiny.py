@@ -19,7 +19,6 @@ Family details that matter downstream:
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -52,7 +51,7 @@ from transformers import (
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
 from stages.common.errors import UserError
-from stages.common.jsonl import iter_lines
+from stages.common.jsonl import iter_jsonl
 
 # Sizes of the demo models (mirrored under `tiny_models:` in config/config.yaml).
 DEFAULT_SPEC: dict[str, Any] = {
@@ -160,15 +159,8 @@ def corpus_texts(manifests: Sequence[str | Path]) -> list[str]:
     """The ``text`` of every manifest row that has one (TD-pool rows may have none)."""
     texts = []
     for path in manifests:
-        for number, line in iter_lines(path):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{number}: invalid JSON ({err.msg}); run the validate "
-                                "stage on this manifest") from err
-            text = row.get("text") if isinstance(row, dict) else None
+        for number, row in iter_jsonl(path, hint="run the validate stage on this manifest"):
+            text = row.get("text")
             if text is not None and not isinstance(text, str):
                 raise UserError(f"{path}:{number}: `text` must be a string, got "
                                 f"{type(text).__name__}")

@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,9 +44,10 @@ from transformers import AutoProcessor, GenerationConfig
 from stages.common.errors import UserError
 from stages.common.fsutil import publish_dir, staging_dir
 from stages.common.jsonl import read_json
+from stages.common.settings import setting
 from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import load_batch, read_utterances
-from stages.models import FAMILIES, family_of, load_adapter
+from stages.models import FAMILIES, ModelLoading, family_of, load_adapter
 from stages.models.base import AsrAdapter
 from stages.train.checkpoint import (
     META_FILE,
@@ -272,23 +273,30 @@ def compare_logits(reference: AsrAdapter, exported: AsrAdapter, probe: ProbeBatc
 
 # ---- the export -----------------------------------------------------------------------------
 
-@dataclass
-class ExportSettings:
-    dtype: str = "float32"
-    device: str = "cpu"
-    family: str | None = None
-    trust_remote_code: bool = False
-    tolerance: float | None = None  # None: DEFAULT_TOLERANCE[dtype]
-    probe_max_new_tokens: int = 16
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings(ModelLoading):
+    """export and its reload check"""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = setting(
+        "float32", help="dtype of the saved weights (float32: the master weights)")
+    device: str = setting("cpu", metavar="DEVICE", help="where the reload check runs: cpu, "
+                                                        "cuda, cuda:N or auto")
+    tolerance: float | None = setting(
+        None, help="max |logit diff| accepted (default by dtype: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_TOLERANCE.items()) + ")")
+    probe_clips: int = setting(4, help="clips in the probe batch")
+    probe_max_new_tokens: int = setting(16, help="greedy tokens decoded per probe clip")
 
     def __post_init__(self) -> None:
         if self.dtype not in EXPORT_DTYPES:
             raise UserError(f"export dtype {self.dtype!r} is not one of "
                             f"{', '.join(EXPORT_DTYPES)}")
-        if self.tolerance is None:
-            self.tolerance = DEFAULT_TOLERANCE[self.dtype]
+        if self.tolerance is None:  # frozen: fill the dtype's default once
+            object.__setattr__(self, "tolerance", DEFAULT_TOLERANCE[self.dtype])
         if self.tolerance < 0 or self.probe_max_new_tokens < 1:
             raise UserError("the tolerance must be >= 0 and the probe's max new tokens >= 1")
+        if self.probe_clips < 1:
+            raise UserError(f"--probe-clips must be >= 1, got {self.probe_clips}")
 
 
 @dataclass

@@ -13,20 +13,21 @@ utterance's error rate is undefined (``None``, JSON null).
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jiwer
 from tqdm import tqdm
 
 from stages.common.errors import UserError
-from stages.eval.normalize import NORMALIZERS, Normalizer, default_normalizer
+from stages.common.settings import setting
+from stages.eval.normalize import Normalizer, NormalizerName, default_normalizer
 from stages.eval.normalize import normalizer as make_normalizer
 
-METRICS = ("cer", "wer")
+Metric = Literal["cer", "wer"]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 # Fields score_rows adds to each row; stale copies from an earlier scoring are replaced.
 SCORE_FIELDS = ("ref_norm", "pred_norm", "errors", "substitutions", "deletions", "insertions",
@@ -68,19 +69,21 @@ class ErrorCounts:
                            self.ref_len + other.ref_len)
 
 
-def add_metric_arguments(p: argparse.ArgumentParser) -> None:
-    """--metric, --normalizer and --en-spelling, as every scoring CLI takes them."""
-    p.add_argument("--metric", required=True, choices=METRICS, help="cer or wer")
-    p.add_argument("--normalizer", choices=NORMALIZERS, default=None,
-                   help="text normalizer (default: zh for cer, en for wer)")
-    p.add_argument("--en-spelling", default=None, metavar="JSON",
-                   help="spelling map for the en normalizer (e.g. a Whisper normalizer.json)")
+@dataclass(frozen=True, kw_only=True)
+class Scoring:
+    """How transcripts are scored: the metric and the text normalizer."""
 
+    metric: Metric = setting(help="cer or wer")
+    normalizer: NormalizerName | None = setting(
+        None, help="text normalizer (default: zh for cer, en for wer)")
+    en_spelling: str | None = setting(None, metavar="JSON", help="spelling map for the en "
+                                      "normalizer (e.g. a Whisper normalizer.json)")
 
-def normalizer_from_args(args: argparse.Namespace) -> tuple[str, Normalizer]:
-    """(name, function) of the normalizer that :func:`add_metric_arguments` options select."""
-    name = args.normalizer or default_normalizer(args.metric)
-    return name, make_normalizer(name, english_spelling=args.en_spelling)
+    def normalizer_name(self) -> str:
+        return self.normalizer or default_normalizer(self.metric)
+
+    def make_normalizer(self) -> Normalizer:
+        return make_normalizer(self.normalizer_name(), english_spelling=self.en_spelling)
 
 
 def _check_metric(metric: str) -> None:
