@@ -4,8 +4,9 @@ The teacher greedily transcribes the validated pool (python -m stages.validate -
 in duration-sorted batches; batch k of the whole pool belongs to shard k mod --num-shards, so
 shards are balanced and a clip's output does not depend on the number of shards (merging the
 shards with stages.td_merge gives the same manifest as one shard). A manifest `language` is
-forced into the teacher's prompt (Qwen3-ASR `language X<asr_text>` header); without one the
-teacher writes the header and the detected language is recorded.
+forced into the teacher's prompt (Qwen3-ASR `language X<asr_text>` header) when the teacher has a
+prompt for it; without one (or for a code it has none for, counted in the log) the teacher writes
+the header and the detected language is recorded.
 
 Input: --input, a validated TD-pool manifest; `text`, when present, is the reference.
 
@@ -64,10 +65,9 @@ import argparse
 import logging
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
@@ -81,7 +81,6 @@ from stages.common.runtime import (
     set_threads,
 )
 from stages.common.settings import add_settings, group, setting, settings_from_args
-from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import read_utterances
 from stages.models import ModelLoading, family_of, load_adapter
 from stages.models.transcribe import Decoding
@@ -174,10 +173,14 @@ def main(args: argparse.Namespace) -> int:
         log.info("loading teacher %s on %s (%s)", args.teacher, device, dtype_name(dtype))
         adapter = load_adapter(args.teacher, family=family, device=device, dtype=dtype,
                                trust_remote_code=args.trust_remote_code)
-        # Refuse a language the teacher cannot be prompted with before any batch runs.
-        probe = np.zeros(TARGET_SAMPLE_RATE, dtype=np.float32)
-        for language in sorted({u.language for u in utterances if u.language is not None}):
-            adapter.build_batch([probe], [language])
+        # Rows in a language the teacher has no prompt for are transcribed with an open prompt
+        # (the teacher detects the language); their manifest language stays the row's.
+        open_prompt = Counter(u.language for u in utterances
+                              if u.language and not adapter.can_prompt(u.language))
+        if open_prompt:
+            log.warning("%d clip(s) have a language the %s teacher has no prompt for (%s); they "
+                        "are transcribed without a forced language", sum(open_prompt.values()),
+                        adapter.family, ", ".join(f"{c} {n}" for c, n in open_prompt.items()))
         load_seconds = time.perf_counter() - start
         return adapter
 

@@ -60,13 +60,17 @@ from stages.data.validation import ValidationOptions, validate_manifest
 
 log = logging.getLogger("stages.validate")
 SHOWN_ON_STDERR = 20  # bad lines echoed to the terminal; all of them are in the report
+# The adapter families (stages.models.Family, spelled out: importing the models costs seconds;
+# tests/test_opd_languages.py checks the two agree).
+TEACHER_FAMILIES = ("audio_chat_lm", "qwen3_asr")
 
 
 def _epilog() -> str:
     reasons = "\n".join(f"  {code:<21} {meaning}" for code, meaning in REASONS.items())
     codes = textwrap.fill(" ".join(LANGUAGES), width=96, initial_indent="  ",
                           subsequent_indent="  ")
-    return f"reason codes:\n{reasons}\n\naccepted language codes (ISO 639-1):\n{codes}\n"
+    return (f"reason codes:\n{reasons}\n\naccepted language codes (ISO 639-1, and the 639-3 "
+            f"codes model families use):\n{codes}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="REPORT.json to write; REPORT.md is written beside it")
     p.add_argument("--rejects", help="quarantine mode: where the bad lines go, verbatim "
                                      "(default: rejects.jsonl beside --output)")
+    p.add_argument("--teacher-family", choices=TEACHER_FAMILIES, default=None,
+                   help="count (and warn about) the lines whose language a teacher of this "
+                        "family has no prompt for (default: no such check)")
     add_settings(p, ValidationOptions)
     return p
 
@@ -87,12 +94,26 @@ def main(args: argparse.Namespace) -> int:
     if args.rejects and args.on_error != "quarantine":
         raise UserError("--rejects is only used with --on-error quarantine; add that option "
                         "or drop --rejects")
-    settings = options.line_settings(os.path.dirname(os.path.abspath(args.input)))
+    family = None
+    if args.teacher_family:  # model code only when asked: it costs seconds to import
+        from stages.models import FAMILIES
+
+        family = FAMILIES[args.teacher_family]
+    settings = options.line_settings(
+        os.path.dirname(os.path.abspath(args.input)),
+        prompt_languages=family.prompt_languages if family else None,
+        prompt_family=args.teacher_family)
     report = validate_manifest(args.input, args.output, args.report, settings,
                                on_error=options.on_error, rejects_path=args.rejects,
                                workers=options.workers, progress=options.progress)
     summary = (f"{report['valid']} of {report['total']} lines valid, {report['hours']:.3f} h; "
                f"report: {report['report_markdown']}")
+    unpromptable = (report["unpromptable_languages"] or {}).get("lines")
+    if unpromptable:
+        log.warning("%d valid line(s) have a language the %s teacher has no prompt for (%s); "
+                    "OPD prompts the teacher with a detected language for them",
+                    sum(unpromptable.values()), args.teacher_family,
+                    ", ".join(f"{c} {n}" for c, n in unpromptable.items()))
     if not report["total"]:
         log.warning("%s holds no lines: the output manifest is empty", report["input"])
     if not report["rejected"]:

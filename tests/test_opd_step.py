@@ -101,7 +101,7 @@ def test_cleaning_cuts_at_the_first_stop_and_counts_rows():
     assert kept.stats() == {
         "rows": 5, "tokens": 8, "rollout_len_sum": 8, "rollout_len_count": 5,
         "rollout_len_max": 3, "stopped_sum": 3, "stopped_count": 5, "nonempty_sum": 2,
-        "nonempty_count": 5}
+        "nonempty_count": 5, "student_header_rows": 0}
 
     dropped = clean_responses(raw, STOP, keep_stop_token=False)
     assert dropped.responses == kept.responses  # the stop stays in the scored ids
@@ -126,7 +126,7 @@ def test_rollout_is_the_cleaned_generate_output(student, batch):
 
 # ---- language -----------------------------------------------------------------------------------
 
-def test_language_detection_by_script_with_fixed_tie_break():
+def test_language_detection_by_script_with_cjk_precedence():
     assert detect_language("今天天气很好。") == "zh"
     assert detect_language("こんにちは、げんきですか。") == "ja"
     assert detect_language("今日はいい天気です") == "ja"  # kanji count for ja when kana occur
@@ -135,11 +135,11 @@ def test_language_detection_by_script_with_fixed_tie_break():
     assert detect_language("Hello world") == "en"
     assert detect_language("Ｈｅｌｌｏ") == "en"  # full-width Latin
     assert detect_language("Äpfel über Öl und Straße", latin_language="de") == "de"
-    assert detect_language("ok 中文字") == "zh"  # 3 Han > 2 Latin
-    # Ties follow zh, ja, ko, then the Latin language.
-    assert detect_language("ab가나") == "ko"
+    assert detect_language("ok 中文字") == "zh"
+    # CJK scripts take precedence over Latin; Han wins a tie with Hangul.
+    assert detect_language("abcdefgh가나") == "ko"
     assert detect_language("中가") == "zh"
-    assert detect_language("ab中文") == "zh"
+    assert detect_language("abcdefgh中文") == "zh"
     assert detect_language("1234 ?! ...") is None
     assert detect_language("") is None
     assert detect_language("Привет") is None  # scripts outside the table count for nothing
@@ -153,7 +153,8 @@ def test_language_choice_prefers_the_manifest_then_detects_then_falls_back():
     assert choice.sources == ["manifest", "detected", "detected", "fallback", "detected"]
     assert choice.stats() == {"lang_de": 1, "lang_zh": 1, "lang_ko": 1, "lang_fr": 1,
                               "lang_en": 1, "lang_source_manifest": 1,
-                              "lang_source_detected": 3, "lang_source_fallback": 1}
+                              "lang_source_student_header": 0, "lang_source_detected": 3,
+                              "lang_source_fallback": 1, "lang_unpromptable": 0}
     with pytest.raises(ValueError, match="2 manifest languages but 1 texts"):
         choose_languages(["en", None], ["x"], fallback="en")
 

@@ -170,8 +170,8 @@ def test_calibration_passes_on_a_sane_pair(calibration):
     report = json.loads(calibration.read_text())
     assert report["passed"] is True and report["failed"] == []
     names = {c["name"] for c in report["checks"]}
-    assert names == {"vocab_coverage", "loss_finite", "nonempty_ratio", "stopped_ratio",
-                     "unmapped_fraction", "initial_loss", "vuss"}
+    assert names == {"vocab_coverage", "teacher_languages", "loss_finite", "nonempty_ratio",
+                     "stopped_ratio", "unmapped_fraction", "initial_loss", "vuss"}
     metrics = report["metrics"]
     assert metrics["rows"] == 8 and metrics["positions"] > 0
     assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0

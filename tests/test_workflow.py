@@ -240,6 +240,16 @@ def check_job(job, config):
         assert args.workers == min(config["validate"]["workers"], CORES)
         limits = {config["validate"]["max_seconds_train"], config["validate"]["max_seconds_eval"]}
         assert args.max_seconds in limits
+        assert args.teacher_family == config["models"]["teacher_family"]
+    elif rule == "prepare":
+        name = args.output.stem
+        source = (config["presets"][name]["manifest"] if name in config["presets"]
+                  else config["manifests"][name])
+        assert_options(rule, args, source, skip=("path", "audio_dir"))
+        assert args.source == source["path"]
+        assert args.report == args.output.with_suffix(".report.json")
+        if "audio_dir" in source:
+            assert str(args.audio_dir) == source["audio_dir"]
     elif rule == "synth_demo":
         assert_options(rule, args, config["demo"], skip=("enabled",))
     elif rule == "tiny_models":

@@ -32,7 +32,8 @@ REASONS: dict[str, str] = {
     "too_long": "the segment is longer than --max-seconds",
     "empty_text": "text is empty or only whitespace (while text is required)",
     "duplicate_id": "the id (given or derived) is already used by an earlier line",
-    "bad_language": "language is not a lower-case ISO 639-1 code from the accepted list",
+    "bad_language": "language is not a lower-case ISO 639-1 code (or a 639-3 code a model family "
+                    "uses, such as yue) from the accepted list",
 }
 
 # ISO 639-1: every two-letter code, with the English name (the teacher's language header and the
@@ -75,6 +76,9 @@ LANGUAGES: dict[str, str] = {
     "ve": "Venda", "vi": "Vietnamese", "vo": "Volapuk", "wa": "Walloon", "wo": "Wolof",
     "xh": "Xhosa", "yi": "Yiddish", "yo": "Yoruba", "za": "Zhuang", "zh": "Chinese", "zu": "Zulu",
 }
+# ISO 639-3 codes the model families prompt with where ISO 639-1 has none (Qwen3-ASR's
+# Cantonese and Filipino); tests/test_validate.py checks every family's codes are accepted.
+LANGUAGES.update({"yue": "Cantonese", "fil": "Filipino"})
 _CODE_BY_NAME = {name.lower(): code for code, name in LANGUAGES.items()}
 _CODE_BY_NAME.update({"mandarin": "zh", "farsi": "fa"})
 
@@ -179,8 +183,9 @@ def check_language(value: str) -> str:
     hint = f' (did you mean "{suggestion}"?)' if suggestion else ""
     raise LineProblem("bad_language", f"language {_show(value)} is not "
                       f"an accepted code{hint}; accepted: lower-case ISO 639-1 two-letter codes "
-                      f"such as zh, en, de, fr, ja, ko, es, it, pt, ru, ar (all {len(LANGUAGES)} "
-                      f"are listed in `python -m stages.validate --help`)")
+                      f"such as zh, en, de, fr, ja, ko, es, it, pt, ru, ar, and the 639-3 codes "
+                      f"yue and fil (all {len(LANGUAGES)} are listed in `python -m "
+                      f"stages.validate --help`)")
 
 
 def check_fields(row: dict[str, Any], require_text: bool = True) -> Fields:

@@ -54,6 +54,9 @@ class Settings:
     require_text: bool = True
     min_seconds: float = 0.0
     max_seconds: float | None = None
+    # Codes the teacher can be prompted with (None: not known); others are counted, not refused.
+    prompt_languages: frozenset[str] | None = None
+    prompt_family: str | None = None
 
 
 def usable_cores() -> int:
@@ -87,10 +90,14 @@ class ValidationOptions:
             raise UserError(f"--max-seconds {self.max_seconds:g} is below --min-seconds "
                             f"{self.min_seconds:g}; give a range that can hold a segment")
 
-    def line_settings(self, manifest_dir: str) -> Settings:
-        """What every line of a manifest in ``manifest_dir`` is checked against."""
+    def line_settings(self, manifest_dir: str, *, prompt_languages: frozenset[str] | None = None,
+                      prompt_family: str | None = None) -> Settings:
+        """What every line of a manifest in ``manifest_dir`` is checked against; with
+        ``prompt_languages`` the report counts the lines whose language the teacher (of
+        ``prompt_family``) has no prompt for."""
         return Settings(manifest_dir=manifest_dir, require_text=self.require_text,
-                        min_seconds=self.min_seconds, max_seconds=self.max_seconds)
+                        min_seconds=self.min_seconds, max_seconds=self.max_seconds,
+                        prompt_languages=prompt_languages, prompt_family=prompt_family)
 
 
 class LineResult(NamedTuple):
@@ -416,6 +423,11 @@ def build_report(tally: Tally, settings: Settings, *, input_path: Path,
         for code, lines in sorted(tally.language_lines.items(), key=lambda kv: (-kv[1], kv[0]))
     }
     reason_counts = Counter(reason for _, reason, _ in tally.rejected)
+    unpromptable = None
+    if settings.prompt_languages is not None:
+        unpromptable = {"family": settings.prompt_family, "lines": {
+            code: entry["lines"] for code, entry in languages.items()
+            if code != NO_LANGUAGE and code not in settings.prompt_languages}}
     return {
         "input": str(input_path),
         "output": str(output_path),
@@ -430,6 +442,7 @@ def build_report(tally: Tally, settings: Settings, *, input_path: Path,
         "seconds": round(tally.seconds, 3),
         "hours": _hours(tally.seconds),
         "languages": languages,
+        "unpromptable_languages": unpromptable,
         "durations": duration_stats(tally.durations),
         "reason_counts": dict(sorted(reason_counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         "rejected": [{"line": line, "reason": reason, "detail": detail}
@@ -473,6 +486,12 @@ def render_markdown(report: dict[str, Any], max_rejected: int = 50) -> str:
     ]
     lines += [f"| {code} | {entry['name']} | {entry['lines']} | {entry['hours']:.3f} |"
               for code, entry in report["languages"].items()] or ["| (none) | | 0 | 0 |"]
+    unpromptable = (report.get("unpromptable_languages") or {}).get("lines")
+    if unpromptable:
+        lines += ["", f"**Warning:** {sum(unpromptable.values())} valid line(s) have a language "
+                      f"the {report['unpromptable_languages']['family']} teacher has no prompt "
+                      f"for ({', '.join(f'{c} {n}' for c, n in unpromptable.items())}); OPD "
+                      "prompts the teacher with a detected language for them."]
     durations = report["durations"]
     lines += ["", "## Durations (seconds, valid lines)", "",
               "| min | mean | median | p95 | max |", "|---:|---:|---:|---:|---:|",

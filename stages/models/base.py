@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -45,6 +46,9 @@ _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_tok
 # (not causal LMs); remote-code checkpoints often register only a causal LM.
 _MODEL_LOADERS = (AutoModelForSeq2SeqLM, AutoModelForCausalLM)
 IGNORE_INDEX = -100
+# An added token spelled like markup (``<think>``, ``</tool_call>``, ``<|fim_prefix|>``) is a
+# control token even when the tokenizer does not flag it special: never transcript text.
+_CONTROL_SPELLING = re.compile(r"<[^<>\s]+>")
 
 
 def load_model_and_processor(path_or_id: str, *, device: str | torch.device = "cpu",
@@ -71,6 +75,17 @@ def load_model_and_processor(path_or_id: str, *, device: str | torch.device = "c
         raise UserError(f"{path_or_id}: cannot load the processor ({err}); the folder needs the "
                         "processor, feature-extractor and tokenizer files") from err
     return model.to(device).eval(), processor
+
+
+@dataclass(frozen=True)
+class ResponseHeader:
+    """The leading part of a response that is not transcript (Qwen3-ASR's ``language
+    X<asr_text>``): its length in ids, the language it names (ISO code, None when it names
+    none or one the family does not know), and whether the response had one."""
+
+    length: int = 0
+    language: str | None = None
+    complete: bool = True
 
 
 @dataclass
@@ -135,12 +150,21 @@ def collate_audio(per_clip: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
 class AsrAdapter:
     """One model family behind one interface (see the module docstring for the batch layout).
 
-    Attributes: ``model``, ``processor``, ``tokenizer``, ``stop_token_id`` (the id a response ends
-    with), ``pad_token_id``, ``blocked_token_ids`` (every special/control id except the stop
-    token, plus ids past the tokenizer when the logits are wider), ``vocab_size`` (logit width).
+    Attributes: ``model``, ``processor``, ``tokenizer``, ``stop_token_id`` (the id a response the
+    pipeline writes ends with), ``stop_token_ids`` (every id that ends a decoded response: that
+    one first, then every other end id the checkpoint declares), ``pad_token_id``,
+    ``blocked_token_ids`` (every control id -- special, or an added token spelled like markup
+    such as ``<think>`` -- except the stop ids and the family's own header marker, plus the ids
+    past the tokenizer when the logits are wider), ``vocab_size`` (logit width).
+
+    Class attributes: ``writes_header`` (responses start with a header when the prompt names no
+    language), ``prompt_languages`` (the ISO codes a prompt can name; None: the family takes no
+    language, so any code is fine).
     """
 
     family: ClassVar[str] = ""
+    writes_header: ClassVar[bool] = False
+    prompt_languages: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, model, processor, *, stop_token: str | None = None) -> None:
         self.model = model
@@ -155,6 +179,7 @@ class AsrAdapter:
                             f"pipeline feeds {TARGET_SAMPLE_RATE} Hz")
         self.vocab_size = self._logit_width()
         self.stop_token_id = self._resolve_stop_token(stop_token)
+        self.stop_token_ids = self._stop_ids()
         self.pad_token_id = self._resolve_pad_token()
         self.blocked_token_ids = self._blocked_ids()
         self._prompt_cache: dict[str | None, str] = {}
@@ -220,6 +245,25 @@ class AsrAdapter:
         raise UserError(f"{self._name}: cannot tell which token ends a response (no eos id in "
                         "the generation config, config or tokenizer); pass stop_token")
 
+    def _stop_ids(self) -> tuple[int, ...]:
+        """The stop id, then every other end id the checkpoint declares (a model may end a turn
+        with any of them)."""
+        others = [i for i in self._eos_ids()
+                  if i != self.stop_token_id and 0 <= i < self.vocab_size]
+        return (self.stop_token_id, *others)
+
+    def cut_at_stop(self, ids: Sequence[int]) -> tuple[list[int], bool]:
+        """(``ids`` up to and including the first stop id, whether there was one)."""
+        ids = [int(i) for i in ids]
+        for position, token in enumerate(ids):
+            if token in self.stop_token_ids:
+                return ids[:position + 1], True
+        return ids, False
+
+    def can_prompt(self, language: str) -> bool:
+        """Whether a prompt can name ``language`` (always, for a family that takes none)."""
+        return self.prompt_languages is None or language in self.prompt_languages
+
     def _token_after_assistant_turn(self) -> int | None:
         marker = "Zq9marker"
         chat = [{"role": "user", "content": [{"type": "text", "text": "hello"}]},
@@ -246,8 +290,10 @@ class AsrAdapter:
         return self.stop_token_id  # pads are always masked, any id works
 
     def _control_ids(self) -> set[int]:
-        """Ids the model must never emit: special added tokens, named specials, audio slots."""
-        ids = {i for i, tok in self.tokenizer.added_tokens_decoder.items() if tok.special}
+        """Ids the model must never emit: added tokens that are special or spelled like markup,
+        named specials, audio slots."""
+        ids = {i for i, tok in self.tokenizer.added_tokens_decoder.items()
+               if tok.special or _CONTROL_SPELLING.fullmatch(tok.content)}
         ids.update(i for i in self.tokenizer.all_special_ids if i is not None)
         for holder in (self.model.config, self.processor):
             for name in ("audio_token_id", "audio_bos_token_id", "audio_eos_token_id",
@@ -262,7 +308,7 @@ class AsrAdapter:
         return set()
 
     def _blocked_ids(self) -> torch.Tensor:
-        ids = self._control_ids() - self._allowed_control_ids() - {self.stop_token_id}
+        ids = self._control_ids() - self._allowed_control_ids() - set(self.stop_token_ids)
         ids.update(range(len(self.tokenizer), self.vocab_size))
         return torch.tensor(sorted(i for i in ids if 0 <= i < self.vocab_size), dtype=torch.long)
 
@@ -281,6 +327,10 @@ class AsrAdapter:
         """Text that precedes the transcript in an SFT assistant turn."""
         return ""
 
+    def response_header(self, ids: Sequence[int]) -> ResponseHeader:
+        """The header a response written without a prompt language starts with (none here)."""
+        return ResponseHeader()
+
     def response_language(self, ids: Sequence[int]) -> str | None:
         """The language a generated response declares (ISO code), if the family has a header."""
         return None
@@ -296,10 +346,8 @@ class AsrAdapter:
 
     def decode_response(self, ids: Sequence[int]) -> str:
         """Transcript text of a response: cut at the stop token, drop a family header."""
-        ids = [int(i) for i in ids]
-        if self.stop_token_id in ids:
-            ids = ids[: ids.index(self.stop_token_id)]
-        ids = self._strip_header(ids)
+        ids, stopped = self.cut_at_stop(ids)
+        ids = self._strip_header(ids[:-1] if stopped else ids)
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
     # ---- batching -------------------------------------------------------------------------------
@@ -383,7 +431,8 @@ class AsrAdapter:
                  output_logits: bool = False):
         """Batched decoding; each row's response ids up to and including the stop token.
 
-        Rows that never stop end after ``max_new_tokens`` ids without it. Blocked ids get -inf
+        Any of ``stop_token_ids`` ends a row. Rows that never stop end after ``max_new_tokens``
+        ids without one. Blocked ids get -inf
         logits. ``do_sample`` draws from softmax(logits / temperature) with ``generator`` (on the
         model's device). Under FSDP pass ``synced_gpus=True`` so all ranks step together.
         With ``output_logits`` also returns the raw logits [B, T, V] (fp32) that chose each id.
@@ -396,18 +445,14 @@ class AsrAdapter:
             processors.append(GumbelSample(temperature, generator))
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=self.stop_token_id, pad_token_id=self.pad_token_id,
+            eos_token_id=list(self.stop_token_ids), pad_token_id=self.pad_token_id,
             return_dict_in_generate=True, output_logits=output_logits)
         inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
         with self._decoding_mode():
             out = self.model.generate(**inputs, generation_config=config,
                                       logits_processor=processors, synced_gpus=synced_gpus)
         new = out.sequences[:, batch.prompt_length:].tolist()
-        responses = []
-        for row in new:
-            if self.stop_token_id in row:
-                row = row[: row.index(self.stop_token_id) + 1]
-            responses.append(row)
+        responses = [self.cut_at_stop(row)[0] for row in new]
         if output_logits:
             return responses, torch.stack(out.logits, dim=1).float()
         return responses

@@ -14,7 +14,7 @@ import numpy as np
 from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_NAME
 
 from stages.common.errors import UserError
-from stages.models.base import AsrAdapter
+from stages.models.base import AsrAdapter, ResponseHeader
 
 NAME_TO_LANGUAGE_CODE = {name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()}
 
@@ -32,6 +32,9 @@ def language_name(language: str) -> str:
 
 class Qwen3AsrAdapter(AsrAdapter):
     family = "qwen3_asr"
+    writes_header = True
+    # The languages its processor has a header name for (ISO 639-1, and 639-3 yue, fil).
+    prompt_languages = frozenset(LANGUAGE_CODE_TO_NAME)
 
     def __init__(self, model, processor, **options) -> None:
         if not hasattr(processor, "apply_transcription_request"):
@@ -99,6 +102,18 @@ class Qwen3AsrAdapter(AsrAdapter):
             if keyword.lower() == "language" and value.strip() and " " not in value.strip():
                 name, ids = value.strip(), ids[cut + 1:]
         return name, [i for i in ids if i != self.header_end_id]
+
+    def response_header(self, ids: Sequence[int]) -> ResponseHeader:
+        """The leading ``language X<asr_text>`` of a response written without a forced header:
+        its length in ids (marker included) and language. Without the marker the response has
+        no header (``complete`` False, length 0): all of it counts as transcript."""
+        ids = [int(i) for i in ids]
+        if self.header_end_id not in ids:
+            return ResponseHeader(length=0, complete=False)
+        cut = ids.index(self.header_end_id) + 1
+        name, _ = self.split_header(ids[:cut])
+        return ResponseHeader(length=cut, complete=True,
+                              language=NAME_TO_LANGUAGE_CODE.get((name or "").lower()))
 
     def _strip_header(self, ids: list[int]) -> list[int]:
         return self.split_header(ids)[1]

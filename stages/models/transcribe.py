@@ -13,7 +13,8 @@ wrote.
 Language: with ``language_hint`` each utterance's manifest ``language`` goes to the adapter
 (Qwen3-ASR then forces its ``language X<asr_text>`` header, as the OPD teacher is prompted; audio
 chat LMs do not use it); without it every prompt is language-free and a Qwen3-ASR model detects
-the language itself (``Transcript.language`` reports what it wrote).
+the language itself (``Transcript.language`` reports what it wrote); so does a model whose family
+has no prompt for the manifest's code (``sw`` for Qwen3-ASR).
 """
 
 from __future__ import annotations
@@ -86,9 +87,12 @@ class TranscriptionResult:
     batches: int
 
 
-def prompt_languages(utterances: Sequence[Utterance], language_hint: bool) -> list[str | None]:
-    """The language each prompt is built with: the manifest's, or none without the hint."""
-    return [u.language if language_hint else None for u in utterances]
+def prompt_languages(adapter: AsrAdapter, utterances: Sequence[Utterance],
+                     language_hint: bool) -> list[str | None]:
+    """The language each prompt is built with: the manifest's when the hint is on and the
+    family can be prompted with it; else none (the model detects it)."""
+    return [u.language if language_hint and u.language and adapter.can_prompt(u.language)
+            else None for u in utterances]
 
 
 def token_logprobs(logits: torch.Tensor, ids: Sequence[int], blocked: torch.Tensor
@@ -108,7 +112,7 @@ def _describe(err: BaseException) -> str:
 def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tokens: int,
             language_hint: bool, logprobs: bool) -> list[Transcript]:
     batch = load_batch(utterances)
-    languages = prompt_languages(utterances, language_hint)
+    languages = prompt_languages(adapter, utterances, language_hint)
     logits = None
     if logprobs:
         responses, logits = adapter.generate(batch.audios, languages,
@@ -120,7 +124,7 @@ def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tok
                            f"{len(utterances)} clips")
     transcripts = []
     for row, (utt, response) in enumerate(zip(utterances, responses, strict=True)):
-        stopped = bool(response) and response[-1] == adapter.stop_token_id
+        stopped = bool(response) and response[-1] in adapter.stop_token_ids
         body = response[:-1] if stopped else response
         mean = None
         if logits is not None:

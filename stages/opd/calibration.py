@@ -2,10 +2,13 @@
 training, checked against thresholds before any GPU hours go into training.
 
 Checks: the vocabulary map covers the tokens in play (distinct student ids of the training
-transcripts and the stop token; when it fails the forward passes are skipped, nothing else can
-be trusted), the rollouts are mostly non-empty and stop, few rollout tokens lack a teacher id,
+transcripts and the stop token), the whole training manifest's languages are ones the teacher
+can be prompted with (all but ``max_unpromptable_fraction`` of the rows, and the fallback
+language; when either check fails the forward passes are skipped, nothing else can be trusted),
+the rollouts are mostly non-empty and stop, few rollout tokens lack a teacher id,
 the initial loss is finite (on at least one used position) and not absurd, and the valid union
-size (VUSS, ``opd_valid_topk_mean`` in the reference recipe) is large enough.
+size (VUSS, ``opd_valid_topk_mean`` in the reference recipe) is large enough. The report also
+lists both models' stop and blocked token sets and where each teacher language came from.
 
 This module also owns the ``calibration.json`` contract: :func:`calibrate` builds the report,
 :func:`publish_report` writes it (``calibration.json`` only when every check passed, else
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +56,8 @@ class CalibrationThresholds:
     min_stopped_ratio: float = setting(0.5, help="rollouts that reached the stop token")
     max_unmapped_fraction: float = setting(0.01, help="rollout tokens without a teacher id")
     max_initial_loss: float = setting(50.0, help="τ² · mean KL over the used positions")
+    max_unpromptable_fraction: float = setting(
+        0.01, help="training rows (whole manifest) whose language the teacher has no prompt for")
     min_vuss: float | None = setting(None, help="mean valid union size (default: --top-k; the "
                                                 "union holds the teacher's k ids when they are "
                                                 "all valid)")
@@ -159,7 +165,8 @@ def run_checks(metrics: dict[str, Any], thresholds: dict[str, float]) -> list[di
 def summarize(merged: dict[str, Any]) -> dict[str, Any]:
     tokens = merged.get("tokens", 0)
     languages = {k.removeprefix("lang_"): int(v) for k, v in merged.items()
-                 if k.startswith("lang_") and not k.startswith("lang_source_")}
+                 if k.startswith("lang_") and not k.startswith("lang_source_")
+                 and k != "lang_unpromptable"}
     sources = {k.removeprefix("lang_source_"): int(v) for k, v in merged.items()
                if k.startswith("lang_source_")}
     return {
@@ -183,7 +190,49 @@ def summarize(merged: dict[str, Any]) -> dict[str, Any]:
         "unmapped_masked_positions": int(merged.get("unmapped_masked_positions", 0)),
         "languages": languages,
         "language_sources": sources,
+        "student_header_rows": int(merged.get("student_header_rows", 0)),
+        "nonfinite_student_positions": int(merged.get("nonfinite_student_positions", 0)),
+        "nonfinite_teacher_positions": int(merged.get("nonfinite_teacher_positions", 0)),
     }
+
+
+def language_check(utterances: list[Utterance], teacher: AsrAdapter, fallback: str,
+                   max_fraction: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(check, report) of the whole training manifest's languages against what the teacher can
+    be prompted with: training falls back to detection for the others, but a corpus full of
+    them trains with guessed headers."""
+    counts = Counter(u.language for u in utterances if u.language)
+    unpromptable = {code: n for code, n in sorted(counts.items())
+                    if not teacher.can_prompt(code)}
+    fraction = sum(unpromptable.values()) / len(utterances) if utterances else 0.0
+    check = _check("teacher_languages", fraction, max_fraction, minimum=False,
+                   what="share of training rows whose language the teacher has no prompt for")
+    if unpromptable:
+        check["message"] += (f" ({', '.join(f'{c} {n}' for c, n in unpromptable.items())}; "
+                             "those rows get a detected language)")
+    if not teacher.can_prompt(fallback):
+        check["passed"] = False
+        check["message"] = (f"the fallback language {fallback!r} is not one the teacher can be "
+                            "prompted with; set opd.step.fallback_language to one it can")
+    report = {"manifest": dict(sorted(counts.items())), "rows_without_language":
+              sum(1 for u in utterances if not u.language), "unpromptable": unpromptable,
+              "teacher_prompt_languages": (sorted(teacher.prompt_languages)
+                                           if teacher.prompt_languages is not None else "any")}
+    return check, report
+
+
+def token_sets(adapter: AsrAdapter, shown: int = 50) -> dict[str, Any]:
+    """The ids an adapter stops on and never emits, for the report."""
+    def names(ids):
+        return adapter.tokenizer.convert_ids_to_tokens([int(i) for i in ids])
+
+    blocked = adapter.blocked_token_ids.tolist()
+    in_tokenizer = [i for i in blocked if i < len(adapter.tokenizer)]
+    return {"stop_token_ids": list(adapter.stop_token_ids),
+            "stop_tokens": names(adapter.stop_token_ids),
+            "blocked": len(blocked),
+            "blocked_past_tokenizer": len(blocked) - len(in_tokenizer),
+            "blocked_tokens": names(in_tokenizer[:shown])}
 
 
 def calibrate(student: AsrAdapter, teacher: AsrAdapter, utterances: list[Utterance],
@@ -197,17 +246,20 @@ def calibrate(student: AsrAdapter, teacher: AsrAdapter, utterances: list[Utteran
     vocab_map = build_vocab_map(student, teacher)
     vocab_check, vocabulary = coverage_check(vocab_map, student, utterances,
                                              limits["min_vocab_coverage"])
+    language, languages = language_check(utterances, teacher, cfg.fallback_language,
+                                         limits["max_unpromptable_fraction"])
     metrics: dict[str, Any] = {}
     batch_seconds: list[float] = []
-    checks = [vocab_check]
-    if vocab_check["passed"]:
+    checks = [vocab_check, language]
+    if vocab_check["passed"] and language["passed"]:
         merged, batch_seconds = forward_batches(
             student, teacher, vocab_map.to(student.device), utterances, cfg,
             batches=batches, batch_size=batch_size, seed=seed)
         metrics = summarize(merged)
         checks += run_checks(metrics, limits)
     else:
-        log.error("vocabulary check failed: the forward passes are skipped")
+        log.error("%s check failed: the forward passes are skipped",
+                  "vocabulary" if not vocab_check["passed"] else "language")
     failed = [c["name"] for c in checks if not c["passed"]]
     return {
         "passed": not failed,
@@ -215,6 +267,8 @@ def calibrate(student: AsrAdapter, teacher: AsrAdapter, utterances: list[Utteran
         "checks": checks,
         "metrics": metrics,
         "vocabulary": vocabulary,
+        "languages": languages,
+        "tokens": {"student": token_sets(student), "teacher": token_sets(teacher)},
         "thresholds": limits,
         "opd": asdict(cfg),
         "timings": {"batch_seconds": [round(s, 3) for s in batch_seconds]},

@@ -1,30 +1,37 @@
 """The teacher's prompt language for each rollout (DESIGN §5, step 2).
 
 A teacher such as Qwen3-ASR scores a transcript after a ``language X<asr_text>`` header, so it
-needs a language for every row. The manifest's ``language`` wins when present. Otherwise the
-language is read off the script of the student's own transcript, deterministically:
+needs a language for every row, and it must be the context the student's transcript was written
+in. In order, a row's teacher language is:
 
-- every character is assigned at most one script by its code point: Han (CJK ideographs), kana
-  (Hiragana, Katakana, half-width Katakana), Hangul, Latin (ASCII and Latin-1/Extended letters,
-  full-width Latin); digits, punctuation, spaces and letters of other scripts count for nothing;
-- scripts vote for languages: Han -> ``zh``, kana -> ``ja``, Hangul -> ``ko``, Latin ->
-  ``latin_language`` (``en`` by default). Japanese mixes kanji with kana, so when a text holds any
-  kana its Han characters vote for ``ja`` too (a Chinese text never holds kana);
-- the language with the most votes wins; a tie goes to the first in :data:`TIE_BREAK_ORDER`
-  (``zh``, ``ja``, ``ko``, then the Latin language);
-- a text without any counted letter (empty rollout, digits, an unsupported script) gets the
-  configured fallback language.
+1. ``manifest``: the manifest's ``language``, when the teacher can be prompted with it;
+2. ``student_header``: the language of the header the student wrote itself (a Qwen3-ASR student
+   whose prompt named no language), when the teacher can be prompted with it;
+3. ``detected``: read off the script of the student's transcript (below);
+4. ``fallback``: the configured fallback language.
 
-Latin script cannot tell English from German or French by itself; rather than guess from a few
-accented letters (``café`` in an English sentence), all Latin text goes to one configurable
-language. Corpora with several Latin-script languages should set ``language`` in the manifest.
+A manifest code the teacher has no prompt for (``sw`` for Qwen3-ASR) is counted as
+``lang_unpromptable`` and the row falls through to the next rule: training never stops on it.
+
+Detection, deterministic, by code point: Han (CJK ideographs), kana, Hangul and Latin letters are
+counted; digits, punctuation, spaces and other scripts count for nothing. CJK scripts take
+precedence over Latin: a code-switched ``我们今天讨论transformer模型`` is Chinese speech with an
+English word, not English. Among CJK scripts, any kana makes the text Japanese (Japanese mixes
+kanji with kana, Chinese never holds kana), else the more frequent of Hangul (``ko``) and Han
+(``zh``; Han wins a tie). Han text with Cantonese-only characters (嘅, 咗, 冇, 佢, …; at least
+two, or one in ten Han characters) is ``yue``, when the teacher can be prompted with it, else
+``zh``. Text with only Latin letters is ``latin_language`` (``en`` by default): Latin script
+cannot tell English from German or French by itself, so corpora with several Latin-script
+languages should set ``language`` in the manifest. A text without a counted letter is undetected.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+from stages.common.errors import UserError
 
 HAN, KANA, HANGUL, LATIN = "han", "kana", "hangul", "latin"
 
@@ -40,11 +47,12 @@ _SCRIPT_RANGES: tuple[tuple[int, int, str], ...] = (
     (0x3400, 0x4DBF, HAN), (0x4E00, 0x9FFF, HAN), (0xF900, 0xFAFF, HAN),
     (0x20000, 0x2FA1F, HAN),
 )
-_SCRIPT_LANGUAGE = {HAN: "zh", KANA: "ja", HANGUL: "ko"}
-#: Tie-break order; the Latin language (``latin_language``) comes last.
-TIE_BREAK_ORDER: tuple[str, ...] = ("zh", "ja", "ko")
+# Written Cantonese characters that standard written Chinese does not use.
+CANTONESE_CHARACTERS = frozenset("嘅咗冇佢啲嚟嘢哋喺嗰噉乜咩睇攞諗冧揾搵咪嘥瞓")
 
-SOURCE_MANIFEST, SOURCE_DETECTED, SOURCE_FALLBACK = "manifest", "detected", "fallback"
+SOURCE_MANIFEST, SOURCE_HEADER = "manifest", "student_header"
+SOURCE_DETECTED, SOURCE_FALLBACK = "detected", "fallback"
+SOURCES = (SOURCE_MANIFEST, SOURCE_HEADER, SOURCE_DETECTED, SOURCE_FALLBACK)
 
 
 def char_script(ch: str) -> str | None:
@@ -61,56 +69,82 @@ def script_counts(text: str) -> Counter[str]:
     return Counter(s for s in map(char_script, text) if s is not None)
 
 
-def detect_language(text: str, *, latin_language: str = "en") -> str | None:
-    """The language the script of ``text`` points to, or None when it has no counted letter.
+def is_cantonese(text: str, han: int) -> bool:
+    """Han text written in Cantonese: at least two Cantonese-only characters, or one in ten."""
+    markers = sum(1 for ch in text if ch in CANTONESE_CHARACTERS)
+    return markers >= 2 or (markers >= 1 and 10 * markers >= han)
 
-    See the module docstring for the rule and the tie-break order.
-    """
+
+def detect_language(text: str, *, latin_language: str = "en") -> str | None:
+    """The language the script of ``text`` points to, or None when it has no counted letter
+    (the rules are in the module docstring)."""
     counts = script_counts(text)
     if not counts:
         return None
-    votes: Counter[str] = Counter()
-    for script, n in counts.items():
-        language = _SCRIPT_LANGUAGE.get(script, latin_language)
-        if script == HAN and counts[KANA]:
-            language = "ja"
-        votes[language] += n
-    order = [*TIE_BREAK_ORDER, latin_language]
-    return min(votes, key=lambda lang: (-votes[lang],
-                                        order.index(lang) if lang in order else len(order)))
+    if counts[KANA]:
+        return "ja"
+    if counts[HANGUL] or counts[HAN]:
+        if counts[HANGUL] > counts[HAN]:
+            return "ko"
+        return "yue" if is_cantonese(text, counts[HAN]) else "zh"
+    return latin_language
 
 
 @dataclass(frozen=True)
 class LanguageChoice:
-    """Per row: the teacher's prompt language and where it came from (manifest, detected or
-    fallback)."""
+    """Per row: the teacher's prompt language and where it came from (one of ``SOURCES``), and
+    how many manifest languages the teacher could not be prompted with."""
 
     languages: list[str]
     sources: list[str]
+    unpromptable: int = 0
 
     def stats(self) -> dict[str, int]:
-        """``lang_<code>`` and ``lang_source_<source>`` counts (summed over ranks)."""
+        """``lang_<code>``, ``lang_source_<source>`` and ``lang_unpromptable`` counts (summed
+        over ranks)."""
         out: dict[str, int] = {}
         for language in self.languages:
             out[f"lang_{language}"] = out.get(f"lang_{language}", 0) + 1
-        for source in (SOURCE_MANIFEST, SOURCE_DETECTED, SOURCE_FALLBACK):
+        for source in SOURCES:
             out[f"lang_source_{source}"] = self.sources.count(source)
+        out["lang_unpromptable"] = self.unpromptable
         return out
 
 
 def choose_languages(manifest_languages: Sequence[str | None], texts: Sequence[str], *,
-                     fallback: str, latin_language: str = "en") -> LanguageChoice:
-    """The teacher language of every row: the manifest's when set (not None/empty), else the
-    one detected from the row's transcript, else ``fallback``."""
+                     fallback: str, latin_language: str = "en",
+                     header_languages: Sequence[str | None] | None = None,
+                     promptable: Collection[str] | None = None) -> LanguageChoice:
+    """The teacher language of every row (the order of the module docstring).
+
+    ``texts``: each row's transcript (header excluded). ``header_languages``: the language of
+    each row's student-written header (None: none). ``promptable``: the codes the teacher can be
+    prompted with (None: any, for a teacher that takes no language).
+    """
     if len(manifest_languages) != len(texts):
         raise ValueError(f"{len(manifest_languages)} manifest languages but {len(texts)} texts")
-    languages, sources = [], []
-    for given, text in zip(manifest_languages, texts, strict=True):
-        if given:
-            languages.append(given)
-            sources.append(SOURCE_MANIFEST)
-            continue
+    headers = list(header_languages) if header_languages is not None else [None] * len(texts)
+    if len(headers) != len(texts):
+        raise ValueError(f"{len(headers)} header languages but {len(texts)} texts")
+
+    def usable(code: str | None) -> bool:
+        return bool(code) and (promptable is None or code in promptable)
+
+    if not usable(fallback):
+        raise UserError(f"the fallback language {fallback!r} is not one the teacher can be "
+                        f"prompted with ({', '.join(sorted(promptable or ()))}); set "
+                        "opd.step.fallback_language to one of them")
+    languages, sources, unpromptable = [], [], 0
+    for given, header, text in zip(manifest_languages, headers, texts, strict=True):
+        if given and not usable(given):
+            unpromptable += 1
         detected = detect_language(text, latin_language=latin_language)
-        languages.append(detected if detected is not None else fallback)
-        sources.append(SOURCE_DETECTED if detected is not None else SOURCE_FALLBACK)
-    return LanguageChoice(languages, sources)
+        if detected == "yue" and not usable(detected):
+            detected = "zh"  # a teacher without Cantonese still reads Chinese characters
+        for language, source in ((given, SOURCE_MANIFEST), (header, SOURCE_HEADER),
+                                 (detected, SOURCE_DETECTED), (fallback, SOURCE_FALLBACK)):
+            if usable(language):
+                languages.append(language)
+                sources.append(source)
+                break
+    return LanguageChoice(languages, sources, unpromptable)

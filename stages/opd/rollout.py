@@ -18,7 +18,13 @@ predicts response id j):
 - an *empty* row is one without any transcript token: only the stop token (the student stopped at
   once) or nothing at all. It is still supervised when the stop is kept: stopping at once is a
   decision the teacher may disagree with (it then puts its mass on a first word), and training on
-  it is how the student unlearns empty outputs. ``nonempty`` counts the rows with a transcript.
+  it is how the student unlearns empty outputs. ``nonempty`` counts the rows with a transcript;
+- any of the student's stop ids ends a row (a checkpoint may declare several end ids);
+- a student that writes its own header when its prompt names no language (Qwen3-ASR's
+  ``language X<asr_text>``) keeps the header in its response -- it is what the student
+  conditioned on -- but the header is not transcript: its positions are never supervised, and
+  the OPD step hands the teacher only what follows it, under a prompt that names the header's
+  language (stages/opd/step.py). ``headers`` holds each row's header length (0: none).
 
 Under FSDP every rank must run the same number of forward passes, or the per-layer all-gathers
 deadlock. transformers' ``generate(synced_gpus=True)`` guarantees it: every step all-reduces a
@@ -34,7 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -52,15 +58,25 @@ class Rollout:
     Attributes:
         responses: student ids per row, ending with the stop token when the row stopped.
         stopped: whether each row reached the stop token.
-        supervised: supervised positions per row, a prefix of the response: its length, minus
-            one for a stopped row when the stop token is not kept.
+        supervised: end of the supervised positions per row: the response length, minus one for
+            a stopped row when the stop token is not kept.
         keep_stop_token: the cleaning switch the rollout was made with.
+        headers: ids of the student's own header at the start of each row; positions from
+            ``headers[b]`` to ``supervised[b]`` are supervised.
+        header_languages: the language each header names (None: no header, or unknown).
     """
 
     responses: list[list[int]]
     stopped: list[bool]
     supervised: list[int]
     keep_stop_token: bool
+    headers: list[int] = field(default_factory=list)  # leading header ids per row (or none)
+    header_languages: list[str | None] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.headers:  # a rollout without student headers
+            object.__setattr__(self, "headers", [0] * len(self.responses))
+            object.__setattr__(self, "header_languages", [None] * len(self.responses))
 
     @property
     def lengths(self) -> list[int]:
@@ -69,16 +85,22 @@ class Rollout:
 
     @property
     def nonempty(self) -> list[bool]:
-        """Whether each row holds at least one transcript (non-stop) id."""
-        return [n > int(s) for n, s in zip(self.lengths, self.stopped, strict=True)]
+        """Whether each row holds at least one transcript id (not header, not stop)."""
+        return [n > h + int(s) for n, h, s in zip(self.lengths, self.headers, self.stopped,
+                                                  strict=True)]
+
+    def bodies(self) -> list[list[int]]:
+        """Each response without its header: what the teacher scores."""
+        return [r[h:] for r, h in zip(self.responses, self.headers, strict=True)]
 
     def supervised_mask(self, width: int | None = None,
                         device: torch.device | str | None = None) -> torch.Tensor:
         """Bool [B, width] (default width: the longest response), True at supervised
         positions."""
         width = max(self.lengths, default=0) if width is None else width
-        columns = torch.arange(width)
-        mask = columns[None, :] < torch.tensor(self.supervised, dtype=torch.long)[:, None]
+        columns = torch.arange(width)[None, :]
+        mask = ((columns < torch.tensor(self.supervised, dtype=torch.long)[:, None])
+                & (columns >= torch.tensor(self.headers, dtype=torch.long)[:, None]))
         return mask.to(device) if device is not None else mask
 
     def stats(self) -> dict[str, float]:
@@ -94,18 +116,21 @@ class Rollout:
             "rollout_len_max": max(lengths, default=0),
             "stopped_sum": sum(self.stopped), "stopped_count": rows,
             "nonempty_sum": sum(self.nonempty), "nonempty_count": rows,
+            "student_header_rows": sum(1 for h in self.headers if h),
         }
 
 
-def clean_responses(raw: Sequence[Sequence[int]], stop_token_id: int, *,
+def clean_responses(raw: Sequence[Sequence[int]], stop_token_ids: int | Sequence[int], *,
                     keep_stop_token: bool = True) -> Rollout:
-    """Cut each row after its first ``stop_token_id`` and mark its supervised positions (rules in
-    the module docstring)."""
+    """Cut each row after its first stop id and mark its supervised positions (rules in the
+    module docstring)."""
+    stops = {stop_token_ids} if isinstance(stop_token_ids, int) else set(stop_token_ids)
     responses, stopped, supervised = [], [], []
     for row in raw:
         ids = [int(i) for i in row]
-        if stop_token_id in ids:
-            ids = ids[: ids.index(stop_token_id) + 1]
+        end = next((position for position, token in enumerate(ids) if token in stops), None)
+        if end is not None:
+            ids = ids[: end + 1]
             stopped.append(True)
             supervised.append(len(ids) if keep_stop_token else len(ids) - 1)
         else:
@@ -113,6 +138,20 @@ def clean_responses(raw: Sequence[Sequence[int]], stop_token_id: int, *,
             supervised.append(len(ids))
         responses.append(ids)
     return Rollout(responses, stopped, supervised, keep_stop_token)
+
+
+def with_student_headers(roll: Rollout, student: AsrAdapter,
+                         prompt_languages: Sequence[str | None]) -> Rollout:
+    """Mark the header a header-writing student put at the start of the rows whose prompt named
+    no language (a forced header is in the prompt, never in the response)."""
+    if not student.writes_header:
+        return roll
+    headers, languages = [], []
+    for response, language in zip(roll.responses, prompt_languages, strict=True):
+        header = student.response_header(response) if language is None else None
+        headers.append(header.length if header else 0)
+        languages.append(header.language if header else None)
+    return replace(roll, headers=headers, header_languages=languages)
 
 
 def default_synced_gpus() -> bool:
@@ -155,4 +194,5 @@ def rollout(student: AsrAdapter, audios: Sequence[np.ndarray], languages: Sequen
         raw = student.generate(audios, languages, max_new_tokens=max_new_tokens,
                                do_sample=do_sample, temperature=temperature,
                                synced_gpus=synced_gpus, generator=generator)
-    return clean_responses(raw, student.stop_token_id, keep_stop_token=keep_stop_token)
+    cleaned = clean_responses(raw, student.stop_token_ids, keep_stop_token=keep_stop_token)
+    return with_student_headers(cleaned, student, languages)

@@ -20,10 +20,16 @@ when set, to the teacher's.
 What happens, in order:
 
 1. rollout (:mod:`stages.opd.rollout`): the student decodes the batch without gradients and the
-   rows are cleaned; the supervised positions are a prefix of each response;
-2. teacher language per row (:mod:`stages.opd.language`): manifest, else detected from the
-   decoded rollout text, else ``cfg.fallback_language``;
-3. teacher scoring without gradients: the response is mapped to teacher ids. An id without a
+   rows are cleaned (cut at any stop id). A student that wrote its own header (Qwen3-ASR without
+   a manifest language) keeps it in its response: it is the context the student's transcript
+   was written in, so the student is scored with it; its positions are not supervised;
+2. teacher language per row (:mod:`stages.opd.language`): the manifest's, else the student's
+   header language, else detected from the transcript, else ``cfg.fallback_language`` (a
+   language the teacher cannot be prompted with falls through, counted). The teacher's prompt
+   names it (forced header), so teacher and student condition every supervised position on the
+   same text: prompt, header, transcript so far;
+3. teacher scoring without gradients: the transcript after the student's header is mapped to
+   teacher ids (a secondary end id of the student becomes its main one). An id without a
    teacher counterpart is sent to the teacher as its pad id, so the teacher's predictions *after*
    it condition on a wrong prefix: those positions are dropped from the loss (the position that
    predicts the unmapped id itself has a correct prefix and stays; the unmapped id is -inf on the
@@ -37,7 +43,10 @@ What happens, in order:
 5. loss: :func:`stages.opd.loss.union_topk_kl` with ``reduction="sum"`` over the kept positions.
    ``positions`` is the number of *used* positions (≥ 2 valid union ids), the unit the trainer
    normalizes by. With no used position the loss is an exact zero still connected to the student's
-   logits, so backward (and its FSDP collectives) runs on every rank.
+   logits, so backward (and its FSDP collectives) runs on every rank. A NaN or +inf in the
+   student's logits or the teacher's log-probs makes the loss NaN (counted as
+   ``nonfinite_student_positions`` / ``nonfinite_teacher_positions``), so the trainer's
+   non-finite guard skips the step instead of the loss dropping those positions unseen.
 
 Every rank must call this in lock-step: the rollout syncs its decoding steps across ranks
 (``synced_gpus``, default on when more than one rank runs) and each model runs exactly one
@@ -48,8 +57,10 @@ value under the reference recipe's name ``opd_valid_topk_mean_sum``/``_count``;
 ``teacher_mass_sum``/``_count``; ``top1_agree_sum``/``_count``; ``kl_sum``/``kl_count`` (mean KL
 without τ²); ``used_fraction_sum``/``_count`` (used / scored positions); ``positions_scored``,
 ``positions_used``; from the rollout ``rollout_len_sum``/``_count``, ``rollout_len_max``,
-``stopped_sum``/``_count``, ``nonempty_sum``/``_count``, ``tokens``, ``rows``; ``unmapped_tokens``,
-``unmapped_masked_positions``; ``lang_<code>`` and ``lang_source_{manifest,detected,fallback}``;
+``stopped_sum``/``_count``, ``nonempty_sum``/``_count``, ``tokens``, ``rows``,
+``student_header_rows``; ``unmapped_tokens``, ``unmapped_masked_positions``; ``lang_<code>``,
+``lang_source_{manifest,student_header,detected,fallback}`` and ``lang_unpromptable``;
+``nonfinite_student_positions``, ``nonfinite_teacher_positions``;
 and seconds ``time_rollout``, ``time_teacher``, ``time_student``, ``time_loss`` (CUDA is
 synchronized before each clock read).
 """
@@ -148,6 +159,11 @@ def teacher_logprobs(teacher: AsrAdapter, vocab_map: VocabMap, audios: Sequence[
                                                      blocked_student_ids=blocked_student_ids)
 
 
+def nonfinite_rows(values: Tensor) -> int:
+    """Rows of [N, V] values holding a NaN or +inf (-inf is a legitimate "impossible")."""
+    return int((torch.isnan(values) | torch.isposinf(values)).any(-1).sum())
+
+
 def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
                 batch: AudioBatch, cfg: OpdConfig, *, synced_gpus: bool | None = None,
                 generator: torch.Generator | None = None, compute_grad: bool = True
@@ -159,39 +175,52 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
     clock = _Clock(device)
     stats: dict[str, float] = {}
 
-    roll = rollout(student, batch.audios, batch.languages, max_new_tokens=cfg.max_new_tokens,
+    # A language the student cannot be prompted with leaves its prompt open (it writes its own
+    # header); the teacher's language is chosen below either way.
+    student_languages = [lang if lang and student.can_prompt(lang) else None
+                         for lang in batch.languages]
+    roll = rollout(student, batch.audios, student_languages, max_new_tokens=cfg.max_new_tokens,
                    keep_stop_token=cfg.keep_stop_token, do_sample=cfg.sample,
                    temperature=cfg.sample_temperature, generator=generator,
                    synced_gpus=synced_gpus, reshard_during_decode=cfg.reshard_during_decode)
     stats.update(roll.stats())
     stats["time_rollout"] = clock.lap()
 
-    choice = choose_languages(batch.languages,
-                              [student.decode_response(r) for r in roll.responses],
-                              fallback=cfg.fallback_language, latin_language=cfg.latin_language)
+    bodies = roll.bodies()
+    choice = choose_languages(batch.languages, [student.decode_response(b) for b in bodies],
+                              fallback=cfg.fallback_language, latin_language=cfg.latin_language,
+                              header_languages=roll.header_languages,
+                              promptable=teacher.prompt_languages)
     stats.update(choice.stats())
+    # Any of the student's end ids means "stop"; the teacher is told the student's main one.
+    bodies = [[student.stop_token_id if i in student.stop_token_ids else i for i in body]
+              for body in bodies]
     teacher_responses, unmapped, first_unmapped = map_to_teacher(
-        vocab_map, roll.responses, teacher.pad_token_id)
+        vocab_map, bodies, teacher.pad_token_id)
     width = max(roll.lengths)
     supervised = roll.supervised_mask(width)
     scored = supervised.clone()
     for row, first in enumerate(first_unmapped):
         if first is not None:
-            scored[row, first + 1:] = False
+            scored[row, roll.headers[row] + first + 1:] = False
     stats["unmapped_tokens"] = sum(unmapped)
     stats["unmapped_masked_positions"] = int((supervised & ~scored).sum())
     stats["positions_scored"] = int(scored.sum())
+    # The teacher's positions are the student's minus the student's own header.
+    teacher_mask = torch.zeros((len(bodies), max(map(len, bodies), default=0)), dtype=torch.bool)
+    for row, header in enumerate(roll.headers):
+        teacher_mask[row, :len(bodies[row])] = scored[row, header:header + len(bodies[row])]
     scored = scored.to(device)
     if teacher.model.training:
         teacher.model.eval()
     target = teacher_logprobs(teacher, vocab_map, batch.audios, choice.languages,
-                              teacher_responses, scored,
+                              teacher_responses, teacher_mask,
                               blocked_student_ids=student.blocked_token_ids)
     stats["time_teacher"] = clock.lap()
 
     grad_mode = contextlib.nullcontext() if compute_grad else torch.no_grad()
     with grad_mode:
-        logits, _ = student.response_logits(batch.audios, batch.languages, roll.responses)
+        logits, _ = student.response_logits(batch.audios, student_languages, roll.responses)
         stats["time_student"] = clock.lap()
         # Blocked ids are -inf on the student side too: both distributions are the ones
         # decoding draws from, the student's top-k never wastes a union slot on an id it cannot
@@ -204,9 +233,17 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
         # that is still connected to ``logits`` (through the indexing above), so backward
         # reaches every parameter the forward used and its FSDP collectives match the other
         # ranks'.
-        loss_sum, loss_stats = union_topk_kl(selected, target.to(selected.device),
-                                             top_k=cfg.top_k, temperature=cfg.temperature,
-                                             reduction="sum")
+        target = target.to(selected.device)
+        loss_sum, loss_stats = union_topk_kl(selected, target, top_k=cfg.top_k,
+                                             temperature=cfg.temperature, reduction="sum")
+        # The loss drops ids that are not finite (-inf: blocked or unmapped), so a NaN or +inf
+        # from a broken forward would vanish with them. Such a position poisons the loss
+        # instead: the trainer's non-finite guard skips the step and counts it.
+        broken = {"student": nonfinite_rows(selected), "teacher": nonfinite_rows(target)}
+        if any(broken.values()):
+            loss_sum = loss_sum + float("nan")
+    stats["nonfinite_student_positions"] = broken["student"]
+    stats["nonfinite_teacher_positions"] = broken["teacher"]
     positions = int(loss_stats["positions"])
     vuss = float(loss_stats["vuss_sum"])
     stats.update({

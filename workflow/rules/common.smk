@@ -211,6 +211,8 @@ def validate_options(wildcards, output):
         f"--max-seconds {section[limit]}",
         # The teacher-data pool is transcribed by the teacher; its references are optional.
         "--no-require-text" if name == "td_pool" else "--require-text",
+        # Counts the lines whose language the teacher has no prompt for.
+        family_option("teacher", "--teacher-family"),
     ]
     if section["on_error"] == "quarantine":
         rejects = Path(output.manifest).with_suffix(".rejects.jsonl")
