@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import tomllib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -124,6 +125,47 @@ def paper_recipe(tmp_path):
     return recipe
 
 
+def paper_recipe_with_sources(tmp_path):
+    """The paper recipe as shipped, its five presets corpus sources, their paths pointed at
+    (empty) folders that exist; the training manifests as in ``paper_recipe``."""
+    recipe = yaml.safe_load((ROOT / "config" / "recipes" / "paper_ark_asr_0.6b.yaml").read_text())
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("")
+    recipe["manifests"] = {"train": str(manifest), "td_pool": str(manifest)}
+    for preset in recipe["presets"].values():
+        folder = tmp_path / "corpora" / preset["manifest"]["path"]
+        folder.mkdir(parents=True, exist_ok=True)
+        preset["manifest"]["path"] = str(folder)
+    recipe["output_dir"] = str(tmp_path / "results")
+    return recipe
+
+
+def test_the_paper_recipe_prepares_its_five_benchmark_sets(venv_env, tmp_path):
+    """Each preset of the paper recipe is a corpus source: the plan prepares its manifest from
+    the corpus layout (the stage's own parser reads the job's options) and validates that."""
+    recipe = paper_recipe_with_sources(tmp_path)
+    config = merged(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), recipe)
+    jobs = planned_jobs(venv_env, write_yaml(tmp_path / "recipe.yaml", recipe))
+    calls = {rule: [stage_call(j.command)[1] for j in jobs if j.rule == rule]
+             for rule in ("prepare", "validate")}
+    for job in jobs:
+        if job.rule in ("prepare", "validate"):
+            check_job(job, config)
+    prepared = {args.output.stem: args for args in calls["prepare"]}
+    assert {name: (args.format, args.subset) for name, args in prepared.items()} == {
+        "aishell": ("aishell", "test"), "meeting": ("wenetspeech", "TEST_MEETING"),
+        "net": ("wenetspeech", "TEST_NET"), "clean": ("librispeech", "test-clean"),
+        "other": ("librispeech", "test-other")}
+    assert {args.source for args in calls["prepare"]} == {
+        str(tmp_path / "corpora" / "data" / name)
+        for name in ("data_aishell", "WenetSpeech", "LibriSpeech")}
+    validated_from = {Path(args.output).stem: args.input for args in calls["validate"]}
+    assert len(calls["validate"]) == 7
+    assert {name: validated_from[name] for name in prepared} == {
+        name: str(args.output) for name, args in prepared.items()}
+    assert validated_from["train"] == validated_from["td_pool"] == str(tmp_path / "m.jsonl")
+
+
 def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
     """The paper recipe validates and plans the real-model DAG once its manifests exist: no
     demo rules, 8-GPU torchrun training, the teacher and student given as hub ids."""
@@ -153,6 +195,8 @@ def write_yaml(path, data):
     ({"teacher_data": {"max_ce": 0.2}}, "max_ce"),
     ({"bootstrap": {"teacher": {"learning_rate": 1.0}}}, "learning_rate"),
     ({"tiny_models": {"spec": {"student": {"layer": 2}}}}, "layer"),
+    ({"presets": {"clean": {"manifest": {"format": "librispeech", "path": "LibriSpeech",
+                                         "subst": "test-clean"}}}}, "subst"),
 ])
 def test_a_misspelled_key_at_any_level_fails_the_dry_run(venv_env, tmp_path, override, key):
     result = snakemake("-n", "--configfile", str(write_yaml(tmp_path / "typo.yaml", override)),

@@ -54,21 +54,25 @@ def stage_options(section, *, skip=()):
     return " ".join(options)
 
 
-def configured_manifest(name):
-    """The user's manifest path for `name` (real-data mode), with a clear error when missing."""
+def manifest_setting(name):
+    """(value, config key) of manifest `name`: a path, a corpus source (a dict) or None."""
     if name in config["presets"]:
-        path, where = (
-            config["presets"][name].get("manifest"),
-            f"presets.{name}.manifest",
-        )
-    else:
-        path, where = config["manifests"].get(name), f"manifests.{name}"
-    if not path:
+        return config["presets"][name].get("manifest"), f"presets.{name}.manifest"
+    return config["manifests"].get(name), f"manifests.{name}"
+
+
+def configured_manifest(name):
+    """The user's manifest for `name` (real-data mode): the path as given, or the prepare
+    rule's output when the config names a corpus source; a clear error when unset."""
+    value, where = manifest_setting(name)
+    if not value:
         raise WorkflowError(
-            f"config: {where} is not set. Give a manifest path there, or set demo.enabled: true "
-            "to use the synthesized demo corpus."
+            f"config: {where} is not set. Give a manifest path or a corpus source there, or set "
+            "demo.enabled: true to use the synthesized demo corpus."
         )
-    return path
+    if isinstance(value, dict):
+        return f"{OUT}/prepared/{name}.jsonl"
+    return value
 
 
 def raw_manifest(wildcards):
@@ -76,6 +80,35 @@ def raw_manifest(wildcards):
     if DEMO:
         return f"{OUT}/demo/manifests/{wildcards.name}.jsonl"
     return configured_manifest(wildcards.name)
+
+
+def prepare_source(wildcards):
+    """The corpus source of a `prepare` job (only planned for manifests given as one)."""
+    value, where = manifest_setting(wildcards.name)
+    if not isinstance(value, dict):
+        raise WorkflowError(
+            f"config: {where} is not a corpus source; nothing to prepare."
+        )
+    return value
+
+
+def prepare_input(wildcards):
+    """The corpus folder or file, an input so a missing one stops the dry run; an hf hub id
+    (not on disk) is looked up in the local hub cache by the stage instead."""
+    source = prepare_source(wildcards)
+    if source["format"] == "hf" and not Path(source["path"]).exists():
+        return []
+    return source["path"]
+
+
+def prepare_path(wildcards):
+    """The corpus folder, file or (hf) hub id: the stage's --source."""
+    return prepare_source(wildcards)["path"]
+
+
+def prepare_options(wildcards):
+    """Every key of the source but `path` is the stage's option of the same name."""
+    return stage_options(prepare_source(wildcards), skip=("path",))
 
 
 def validated(name):

@@ -1,5 +1,6 @@
 # Manifest validation: every manifest the pipeline reads is checked line by line (fields, audio,
-# segments, durations, ids) before anything trains on it or is scored against it.
+# segments, durations, ids) before anything trains on it or is scored against it. A manifest
+# given as a corpus source is prepared from the corpus first.
 
 
 rule validate:
@@ -20,3 +21,25 @@ rule validate:
         "python -m stages.validate --input {input} --output {output.manifest}"
         " --report {output.report} {params.options}"
         " --workers {threads} 2> {log}"
+
+
+# A manifest given in the config as a corpus source ({format: librispeech, path: ...,
+# subset: test-clean}) is prepared from the corpus' own layout first; validation then checks it
+# like any other.
+rule prepare:
+    input:
+        prepare_input,
+    output:
+        manifest=f"{OUT}/prepared/{{name}}.jsonl",
+        report=f"{OUT}/prepared/{{name}}.report.json",
+        summary=f"{OUT}/prepared/{{name}}.report.md",
+    log:
+        f"{OUT}/logs/prepare/{{name}}.log",
+    conda:
+        ENV
+    params:
+        source=prepare_path,
+        options=prepare_options,
+    shell:
+        "python -m stages.prepare --source {params.source:q} --output {output.manifest}"
+        " --report {output.report} {params.options} 2> {log}"
