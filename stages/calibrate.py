@@ -21,7 +21,11 @@ Output:
                               nonempty_ratio, stopped_ratio, unmapped_tokens,
                               unmapped_fraction, positions, languages, language sources),
                               vocabulary (the map's coverage report), timings, thresholds,
-                              opd settings, student/teacher, provenance.
+                              opd settings and their fingerprint (opd_settings_sha256),
+                              student/teacher (path, family, weights_sha256: a hash of the
+                              config and weight files), provenance. stages.train_opd refuses
+                              the report when either model's weights or the OPD step settings
+                              changed since.
 
 Thresholds: see the "thresholds" options below; and always: the loss is finite and at least
 one position was used. The checks and the report contract are stages/opd/calibration.py.
@@ -57,6 +61,7 @@ from stages.opd.calibration import (
     publish_report,
 )
 from stages.opd.config import OpdConfig, OpdPair
+from stages.opd.identity import settings_fingerprint
 from stages.opd.step import prepare_teacher
 
 log = logging.getLogger("stages.calibrate")
@@ -104,6 +109,7 @@ def main(args: argparse.Namespace) -> int:
                        batches=run.batches, batch_size=run.batch_size, seed=run.seed)
     report["student"] = model_record(pair.student, student)
     report["teacher"] = model_record(pair.teacher, teacher)
+    report["opd_settings_sha256"] = settings_fingerprint(run.opd)
     report["data"] = {"train": str(args.train), "utterances": len(utterances),
                       "batches": run.batches, "batch_size": run.batch_size, "seed": run.seed}
     report["timings"].update(load_seconds=round(loaded - started, 3),

@@ -61,6 +61,7 @@ import torch
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.runtime import (
@@ -190,8 +191,9 @@ def main(args: argparse.Namespace) -> int:
     summary["wall_seconds"] = time.perf_counter() - started
     summary["provenance"] = provenance(settings)
 
-    write_jsonl(args.output, scored)
-    write_json(args.summary, summary)  # last: its presence means the evaluation completed
+    with outputs_together(args.output, args.summary):  # no rows left without their summary
+        write_jsonl(args.output, scored)
+        write_json(args.summary, summary)  # last: its presence means the evaluation completed
     if summary["unstopped"]:
         log.warning("%d of %d predictions hit --max-new-tokens %d without stopping; raise it if "
                     "references are longer", summary["unstopped"], len(scored),

@@ -50,6 +50,7 @@ from typing import Any
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import atomic_writer, read_json, write_json
 from stages.common.provenance import provenance
 from stages.reporting import plots
@@ -163,26 +164,30 @@ def main(args: argparse.Namespace) -> int:
 
     out = args.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    plots.error_rates(table, out / PLOTS["Error rates"])
-    plots.training_curves(runs, out / PLOTS["Training curves"])
-    plots.td_filters(td, out / PLOTS["Teacher-data filters"])
-    rows = csv_rows(table)
-    write_csv(out / "results.csv", rows)
-    with atomic_writer(out / "results_table.html") as handle:
-        handle.write(html_table(table))
-    settings = {"eval_dir": str(args.eval_dir), "models": table.models,
-                "presets": table.presets, "base": table.base,
-                "metrics": dict(args.metrics), "calibration": dict(args.calibration),
-                "td_report": str(args.td_report) if args.td_report else None}
-    write_json(out / "report.json", {
-        "title": args.title, "base": table.base, "presets": table.presets,
-        "metrics": table.metrics, "rows": rows,
-        "missing": [{"model": m, "preset": p} for m, p in table.missing()],
-        "training": inputs.training, "calibration": calibrations, "teacher_data": td,
-        "inputs": [{k: v for k, v in r.items() if k != "versions"} for r in inputs.provenance],
-        "provenance": provenance(settings)})
-    with atomic_writer(out / "report.md") as handle:  # last: its presence means complete
-        handle.write(render_markdown(inputs, title=args.title))
+    written = [out / name for name in (*PLOTS.values(), "results.csv", "results_table.html",
+                                       "report.json", "report.md")]
+    with outputs_together(*written):  # no table or plot left without report.md
+        plots.error_rates(table, out / PLOTS["Error rates"])
+        plots.training_curves(runs, out / PLOTS["Training curves"])
+        plots.td_filters(td, out / PLOTS["Teacher-data filters"])
+        rows = csv_rows(table)
+        write_csv(out / "results.csv", rows)
+        with atomic_writer(out / "results_table.html") as handle:
+            handle.write(html_table(table))
+        settings = {"eval_dir": str(args.eval_dir), "models": table.models,
+                    "presets": table.presets, "base": table.base,
+                    "metrics": dict(args.metrics), "calibration": dict(args.calibration),
+                    "td_report": str(args.td_report) if args.td_report else None}
+        write_json(out / "report.json", {
+            "title": args.title, "base": table.base, "presets": table.presets,
+            "metrics": table.metrics, "rows": rows,
+            "missing": [{"model": m, "preset": p} for m, p in table.missing()],
+            "training": inputs.training, "calibration": calibrations, "teacher_data": td,
+            "inputs": [{k: v for k, v in r.items() if k != "versions"}
+                       for r in inputs.provenance],
+            "provenance": provenance(settings)})
+        with atomic_writer(out / "report.md") as handle:  # last: its presence means complete
+            handle.write(render_markdown(inputs, title=args.title))
 
     print(f"\n{args.title}: error rates (%), relative improvement over "
           f"{dict(table.models).get(table.base, 'n/a')} in parentheses\n")

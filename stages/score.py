@@ -38,6 +38,7 @@ import sys
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import iter_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.settings import add_settings, settings_from_args
@@ -76,8 +77,9 @@ def main(args: argparse.Namespace) -> int:
                 ("metric", "normalizer", "ref_key", "hyp_key", "en_spelling")}
     summary["provenance"] = provenance(settings)
 
-    write_jsonl(args.output, scored)
-    write_json(args.summary, summary)
+    with outputs_together(args.output, args.summary):  # no scored file without its summary
+        write_jsonl(args.output, scored)
+        write_json(args.summary, summary)
     rate = "n/a" if summary["rate"] is None else f"{summary['rate']:.4f}"
     log.info("%s %s = %s (%d errors / %d; S=%d D=%d I=%d) over %d utterances, %d empty "
              "predictions -> %s", args.metric, name, rate, summary["errors"], summary["ref_len"],

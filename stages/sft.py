@@ -23,12 +23,17 @@ Outputs under --output-dir:
                                base folder's processor, tokenizer, chat template, generation
                                config), written only when training completed
 
-Resuming: --resume auto (default) continues the newest complete checkpoint of --output-dir
-when its settings match (a run killed at any moment loses at most --save-every steps); latest
-demands one; none refuses existing checkpoints; a step_<n> path forces that one. Settings
-are every option except the loop length, saving, runtime and export ones, plus fingerprints
-(file sizes and times) of --model and --train; checkpoints of other settings are refused, or
-with --stale-checkpoints set-aside moved to checkpoints.stale-<hash>/ (the workflow does this).
+Resuming: --resume auto (default) continues the newest intact checkpoint of --output-dir
+when its settings match (a run killed at any moment loses at most --save-every steps; a
+checkpoint whose checksums fail is moved to checkpoints.corrupt/ with a warning and the one
+before it is used); latest demands one; none refuses existing checkpoints; a step_<n> path
+forces that one. Settings are every option except the loop length, saving, runtime and export
+ones, plus fingerprints (file sizes and times) of --model and --train; checkpoints of other
+settings are refused, or with --stale-checkpoints set-aside moved to checkpoints.stale-<hash>/
+(the workflow does this). The lr schedule (--lr, --warmup-steps, --schedule, --min-lr-ratio,
+and --max-steps of a cosine schedule) is a setting too, unless --resume-with-new-schedule is
+given: then the run continues on the new schedule and the log shows both. One run writes an
+output folder at a time (OUTPUT/run.lock names it).
 
 Several processes (one per GPU, or gloo on CPU): launch with torchrun; --batch-size stays the
 global batch.

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import atomic_writer, read_json, read_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.data.batching import read_utterances
@@ -101,13 +102,16 @@ def main(args: argparse.Namespace) -> int:
                          "markdown": str(markdown)}
     report["provenance"] = provenance({"shards": args.shards, "order": args.order,
                                        "settings": report["settings"]})
-    if args.rejects is not None:
-        rejects = gather(_check_counts(args.rejects, reports, "dropped", "dropped rows"), order)
-        write_jsonl(args.rejects_output, rejects)
-    write_jsonl(args.output, rows)
-    write_json(args.report, report)
-    with atomic_writer(markdown) as handle:
-        handle.write(render_markdown(report))
+    with outputs_together(args.rejects_output if args.rejects is not None else None,
+                          args.output, args.report, markdown):  # all of them, or none
+        if args.rejects is not None:
+            rejects = gather(_check_counts(args.rejects, reports, "dropped", "dropped rows"),
+                             order)
+            write_jsonl(args.rejects_output, rejects)
+        write_jsonl(args.output, rows)
+        write_json(args.report, report)
+        with atomic_writer(markdown) as handle:
+            handle.write(render_markdown(report))
     summary = report["summary"]
     if summary["kept"] < args.min_kept:
         dropped = ", ".join(f"{k} {v}" for k, v in summary["dropped_by_reason"].items() if v)

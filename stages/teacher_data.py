@@ -71,6 +71,7 @@ from pathlib import Path
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.runtime import (
@@ -225,9 +226,10 @@ def main(args: argparse.Namespace) -> int:
     }
     report["provenance"] = provenance({k: report[k] for k in ("shards", "pool", "teacher",
                                                              "settings")})
-    write_jsonl(args.rejects, rejected)
-    write_jsonl(args.output, kept)
-    write_json(args.report, report)
+    with outputs_together(args.rejects, args.output, args.report):  # all three, or none
+        write_jsonl(args.rejects, rejected)
+        write_jsonl(args.output, kept)
+        write_json(args.report, report)
     partial.remove()
     summary = report["summary"]
     log.info("kept %d of %d clips (%.3f h); dropped by reason: %s; teacher error before/after "

@@ -12,8 +12,8 @@ reduction on CUDA; fp32 on CPU). The teacher is frozen, in bf16 on CUDA (fp32 on
 sharded: each rank holds a whole copy, so scoring needs no communication.
 
 Refuses to start unless --calibration is a passing report of stages.calibrate for the same
-student and teacher (a failed calibration is written as calibration.failed.json and is refused
-too).
+student and teacher weights (fingerprinted by content) and the same OPD step settings (a failed
+calibration is written as calibration.failed.json and is refused too).
 
 Inputs:
   --student DIR / --teacher DIR   model folders or cached hub ids
@@ -90,12 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(settings: OpdRun, hooks: Sequence[StepHook] = ()) -> dict:
     """Train and export; returns the summary. ``hooks`` run after every step (tests use them)."""
     pair, cfg, training = settings.pair, settings.opd, settings.training
-    calibration = require_calibration(settings.calibration, pair.student, pair.teacher)
-    for key in ("top_k", "temperature", "max_new_tokens"):
-        calibrated = (calibration.get("opd") or {}).get(key)
-        if calibrated is not None and calibrated != getattr(cfg, key):
-            log.warning("calibration used %s=%s, this run %s", key, calibrated,
-                        getattr(cfg, key))
+    calibration = require_calibration(settings.calibration, pair.student, pair.teacher, cfg)
     inputs = {"student": pair.student, "teacher": pair.teacher, "train": training.train}
     with TrainingSession.start(training, stage="train_opd", identity=settings, inputs=inputs,
                                trust_remote_code=pair.trust_remote_code) as session:

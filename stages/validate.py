@@ -37,7 +37,9 @@ Outputs:
               output's folder).
 
 Exit status: 0 when every line is good or with --on-error quarantine; 1 when --on-error fail
-(the default) finds bad lines (after checking all of them) or on a usage error.
+(the default) finds bad lines (after checking all of them), when the manifest holds no line at
+all (unless --allow-empty), on a usage error, or when an output cannot be written (a read-only
+or full folder: one line naming the path; no output is then left without its report).
 
 Example:
   python -m stages.validate --input data/train.jsonl --output results/train.valid.jsonl \\
@@ -105,7 +107,8 @@ def main(args: argparse.Namespace) -> int:
         prompt_family=args.teacher_family)
     report = validate_manifest(args.input, args.output, args.report, settings,
                                on_error=options.on_error, rejects_path=args.rejects,
-                               workers=options.workers, progress=options.progress)
+                               workers=options.workers, progress=options.progress,
+                               allow_empty=options.allow_empty)
     summary = (f"{report['valid']} of {report['total']} lines valid, {report['hours']:.3f} h; "
                f"report: {report['report_markdown']}")
     unpromptable = (report["unpromptable_languages"] or {}).get("lines")
@@ -115,7 +118,13 @@ def main(args: argparse.Namespace) -> int:
                     sum(unpromptable.values()), args.teacher_family,
                     ", ".join(f"{c} {n}" for c, n in unpromptable.items()))
     if not report["total"]:
-        log.warning("%s holds no lines: the output manifest is empty", report["input"])
+        if not options.allow_empty:
+            raise UserError(f"{report['input']}: holds no manifest lines, so there is nothing "
+                            f"to validate; no output manifest written (report: "
+                            f"{report['report_markdown']}). Check the step that wrote it, or "
+                            "pass --allow-empty if an empty manifest is expected")
+        log.warning("%s holds no lines: the output manifest is empty (--allow-empty)",
+                    report["input"])
     if not report["rejected"]:
         log.info("%s; output: %s", summary, report["output"])
         return 0

@@ -20,6 +20,18 @@ from stages.common.jsonl import read_jsonl
 ROOT = Path(__file__).resolve().parents[1]
 
 
+_HOLD_LOCK = ("import sys, time; from stages.train.runlock import RunLock; "
+              "RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)")
+
+
+def hold_run_lock(folder: Path) -> subprocess.Popen:
+    """Another process holding the run lock of ``folder`` (kill it to end the hold)."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(folder)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
 def stage(module: ModuleType, argv: list) -> int:
     """Run a stage module's CLI in this process (exit status; errors printed as the CLI does)."""
     return run_stage(module.main, module.build_parser(), [str(a) for a in argv])

@@ -85,9 +85,14 @@ def runs(tmp_path_factory) -> dict[str, Path]:
 
 def test_round_trip_reloads_with_equal_logits(runs, tmp_path):
     out = tmp_path / "exported"
-    # --base left out: the run's train_summary.json names the base model.
-    assert stage(export, ["--checkpoint", runs["run"], "--output", out,
-                          "--probe-manifest", runs["manifest"], "--threads", 1]) == 0
+    # --base left out: the run's train_summary.json names the base model. A private umask
+    # (a cluster default) must not make the export unreadable to others.
+    umask = os.umask(0o077)
+    try:
+        assert stage(export, ["--checkpoint", runs["run"], "--output", out,
+                              "--probe-manifest", runs["manifest"], "--threads", 1]) == 0
+    finally:
+        os.umask(umask)
     for name in ("model.safetensors", "config.json", "generation_config.json",
                  "tokenizer.json", "chat_template.jinja",
                  "processor_config.json", "README.md", "export_summary.json"):
@@ -95,9 +100,8 @@ def test_round_trip_reloads_with_equal_logits(runs, tmp_path):
     for name in ("tokenizer.json", "chat_template.jinja", "processor_config.json"):
         assert (out / name).read_bytes() == (runs["base"] / name).read_bytes(), name
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported"]  # no staging left
-    umask = os.umask(0)
-    os.umask(umask)
-    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o666 & ~umask}
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {0o644}
+    assert out.stat().st_mode & 0o777 == 0o755
 
     ckpt = runs["run"] / "checkpoints" / "step_00000002"
     trained = load_adapter(str(runs["base"]))

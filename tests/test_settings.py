@@ -19,6 +19,7 @@ from stages.common.settings import (
     group,
     run_settings,
     setting,
+    settings_argv,
     settings_from_args,
 )
 
@@ -137,3 +138,17 @@ def test_the_training_settings_hash_ignores_resume_options():
     assert run_settings(a) == run_settings(b)
     assert run_settings(a) != run_settings(c)
     assert {"model", "lr", "seed", "batch_size", "family", "text_field"} <= set(run_settings(a))
+
+
+def test_settings_argv_gives_the_settings_back():
+    from stages.train_opd import OpdRun, build_parser
+
+    argv = ["--student", "s", "--teacher", "t", "--train", "m.jsonl", "--calibration", "c.json",
+            "--output-dir", "out", "--max-steps", "7", "--top-k", "4", "--sample", "--lr",
+            "3e-05", "--no-tensorboard", "--student-family", "audio_chat_lm",
+            "--keep-stop-token", "off"]
+    settings = settings_from_args(OpdRun, build_parser().parse_args(argv))
+    again = settings_argv(settings)
+    assert settings_from_args(OpdRun, build_parser().parse_args(again)) == settings
+    assert again[again.index("--lr") + 1] == "3e-05" and "--no-keep-stop-token" in again
+    assert "--batch-size" not in again  # defaults are left out

@@ -272,13 +272,16 @@ def test_latest_ignores_tmp_and_incomplete_folders(tmp_path):
     assert [s for s, _ in list_checkpoints(root)] == [2, 10]
     assert latest_checkpoint(root) == root / "step_00000010"
     ckpt = Checkpointer(root)
-    assert ckpt.resolve("auto") == root / "step_00000010"
-    assert ckpt.resolve("latest") == root / "step_00000010"
-    assert ckpt.resolve(str(root / "step_00000002")) == root / "step_00000002"
     with pytest.raises(UserError, match="already holds checkpoints"):
         ckpt.resolve("none")
     with pytest.raises(UserError, match="not a complete checkpoint"):
         ckpt.resolve(str(root / "step_00000012"))
+    # "complete" is only the name and meta.json: these hold nothing a run could resume
+    with pytest.raises(UserError, match=r"no intact checkpoint to resume \(step_00000010: "
+                                        r"meta.json lacks step.*Nothing was moved"):
+        ckpt.resolve("auto")
+    assert [s for s, _ in list_checkpoints(root)] == [2, 10]
+    assert not (root / ".step_00000014.tmp").exists()  # a killed save's leftover is cleaned
     empty = Checkpointer(tmp_path / "nothing")
     assert empty.resolve("auto") is None and empty.resolve("none") is None
     with pytest.raises(UserError, match="no complete checkpoint"):

@@ -1,18 +1,23 @@
 """Training core across processes (CPU, gloo): 2-rank vs 1-rank loss parity, resuming a 2-rank
-checkpoint on 1 rank, and SIGKILL during training and during a save followed by a bitwise
-identical resume. Each run is tests/train_driver.py in a subprocess (torchrun for 2 ranks)."""
+checkpoint on 1 rank, SIGKILL during training and during a save followed by a bitwise
+identical resume, and a killed launcher taking its workers with it. Each run is
+tests/train_driver.py in a subprocess (torchrun for 2 ranks)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from stages.train import latest_checkpoint
-from tests.helpers import assert_identical, checkpoint_tensors, launch, metric_rows, ok
+from stages.train.runlock import pid_alive
+from tests.helpers import ROOT, assert_identical, checkpoint_tensors, launch, metric_rows, ok
 
 pytestmark = pytest.mark.slow
 
@@ -103,3 +108,54 @@ def test_sigkill_during_save_and_training_resumes_bitwise(runs, tmp_path):
         assert {k: a[k] for k in DETERMINISTIC} == {k: b[k] for k in DETERMINISTIC}
     assert_identical(checkpoint_tensors(reference / "checkpoints" / "step_00000006", tmp_path),
                      checkpoint_tensors(ckpts / "step_00000006", tmp_path))
+
+
+def test_two_ranks_skip_a_corrupt_shard_of_rank_one(runs, two_ranks):
+    out = runs / "corrupt_two_ranks"
+    ckpts = out / "checkpoints"
+    proc = run_driver(out, "--grad-accum", "2", "--kill-after-step", "5", ranks=2)
+    assert proc.returncode != 0 and latest_checkpoint(ckpts) == ckpts / "step_00000004"
+    shard = ckpts / "step_00000004" / "__1_0.distcp"  # rank 1 verifies it: files are split
+    with shard.open("r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\xff\xff\x7f\x7f" * 16)
+
+    proc = ok(run_driver(out, "--grad-accum", "2", ranks=2))
+    assert "step_00000004 is corrupt (__1_0.distcp: sha256 differs" in proc.stderr
+    assert "resuming " + str(ckpts / "step_00000002") in proc.stderr
+    assert (out / "checkpoints.corrupt" / "step_00000004" / "__1_0.distcp").is_file()
+    rows = [r for r in metric_rows(out) if "event" not in r]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(metric_rows(two_ranks), rows, strict=True):
+        assert {k: a[k] for k in DETERMINISTIC} == {k: b[k] for k in DETERMINISTIC}
+
+
+def test_killing_the_launcher_group_kills_every_worker(tmp_path):
+    pids = tmp_path / "pids"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(DRIVER), "--out", str(tmp_path / "run"),
+               "--steps", "100000", "--save-every", "100000", "--step-sleep", "0.1",
+               "--pid-dir", str(pids)]
+    launcher = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(pids.glob("rank_*"))) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline, "no workers"
+            time.sleep(0.2)
+        workers = [int(p.read_text()) for p in sorted(pids.glob("rank_*"))]
+        # torchrun puts each worker in a session of its own: a group kill misses them
+        assert all(os.getsid(w) != launcher.pid for w in workers)
+        time.sleep(1)  # training, not starting up
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while any(pid_alive(w, None) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert [w for w in workers if pid_alive(w, None)] == []
+    finally:
+        for pid in [launcher.pid, *workers]:
+            if pid_alive(pid, None):
+                os.kill(pid, signal.SIGKILL)

@@ -2,32 +2,43 @@
 
 A module fixture synthesizes a small speech corpus (espeak-ng, 16 clips in 3 languages),
 validates it and builds very small demo models. In-process runs cover SFT (resume, learning,
-export), calibration (a sane pair passes, an unmappable teacher fails) and train_opd's
-calibration gate; the slow tests run train_opd in subprocesses: 2 ranks (torchrun, gloo) against
-1 rank, and a SIGKILL mid-training followed by a bitwise-identical resume.
+export, its file modes, a changed schedule, the run lock, the history at --max-steps, the
+command of the divergence message), calibration (a sane pair passes, an unmappable teacher
+fails) and train_opd's calibration gate (also a stale one); the slow tests run train_opd in
+subprocesses: 2 ranks (torchrun, gloo) against 1 rank, and a SIGKILL mid-training followed by a
+bitwise-identical resume.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
 import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForSeq2SeqLM, AutoProcessor
 
 from stages import calibrate, sft, train_opd
+from stages.common.errors import UserError
 from stages.common.jsonl import read_jsonl, write_jsonl
+from stages.common.settings import settings_from_args
 from stages.data.validation import Settings, validate_manifest
 from stages.demo.corpus import SPLITS, build_corpus
 from stages.demo.tiny import build_tiny_models
 from stages.models import load_adapter
-from stages.train import latest_checkpoint, load_model_weights
+from stages.opd.calibration import require_calibration
+from stages.opd.config import OpdConfig
+from stages.opd.identity import settings_fingerprint
+from stages.train import TrainingDiverged, latest_checkpoint, load_model_weights
 from tests.helpers import (
     assert_computes_like,
     assert_identical,
     checkpoint_tensors,
+    hold_run_lock,
     launch,
     metric_rows,
     ok,
@@ -107,8 +118,13 @@ def test_sft_resume_latest_continues_bitwise(sft_runs, tmp_path):
 
 def test_sft_refuses_or_sets_aside_checkpoints_of_other_settings(demo, sft_runs, tmp_path,
                                                                   capsys):
-    assert stage(sft, sft_args(demo, sft_runs["split"], "--max-steps", 5, "--lr", 1e-3)) == 1
+    assert stage(sft, sft_args(demo, sft_runs["split"], "--max-steps", 5,
+                               "--weight-decay", 0.1)) == 1
     assert "written with other settings" in capsys.readouterr().err
+    assert stage(sft, sft_args(demo, sft_runs["split"], "--max-steps", 5, "--lr", 1e-3)) == 1
+    err = capsys.readouterr().err
+    assert ("was trained with another learning-rate schedule (lr 0.003, warmup 1, constant; "
+            "this run: lr 0.001, warmup 1, constant). Pass --resume-with-new-schedule") in err
 
     out = tmp_path / "run"
     assert stage(sft, sft_args(demo, out, "--max-steps", 1)) == 0
@@ -118,7 +134,75 @@ def test_sft_refuses_or_sets_aside_checkpoints_of_other_settings(demo, sft_runs,
     assert len(aside) == 1 and (aside[0] / "step_00000001").is_dir()
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["resumed_from"] is None and summary["steps_this_run"] == 1
-    assert [r["step"] for r in metric_rows(out)] == [1]  # the stale run's rows are gone
+    rows = metric_rows(out)
+    assert [r["step"] for r in rows if "event" not in r] == [1]  # the stale run's rows are gone
+    assert [(r["step"], r["event"]) for r in rows if "event" in r] == [
+        (0, "checkpoint_set_aside")]
+
+
+def test_sft_export_is_readable_by_everyone(sft_runs):
+    export = sft_runs["export"]
+    modes = {str(p.relative_to(export)): p.stat().st_mode & 0o777 for p in export.rglob("*")}
+    assert modes["model.safetensors"] == 0o644  # safetensors alone writes 0600
+    assert {m for name, m in modes.items() if (export / name).is_file()} == {0o644}
+    assert export.stat().st_mode & 0o777 == 0o755
+
+
+def test_sft_second_writer_is_refused(demo, tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = hold_run_lock(out)
+    try:
+        assert stage(sft, sft_args(demo, out, "--max-steps", 1)) == 1
+        err = capsys.readouterr().err
+        assert f"error: {out} is being written by another run (host " in err
+        assert f"pid {holder.pid}, started " in err and "lock file" in err
+        assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stage(sft, sft_args(demo, out, "--max-steps", 1)) == 0  # the dead holder's lock
+    assert f"process {holder.pid} is gone" in capsys.readouterr().err
+    assert not (out / "run.lock").exists()  # released at the end
+
+
+def test_sft_resume_at_max_steps_restores_history_and_summary(demo, sft_runs, tmp_path):
+    out = tmp_path / "full"
+    shutil.copytree(sft_runs["full"], out)
+    rows = metric_rows(out)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert stage(sft, sft_args(demo, out, "--max-steps", 4, "--save-every", 2)) == 0
+    assert metric_rows(out) == rows
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["final_loss"] == rows[-1]["loss"] and summary["first_loss"] == rows[0]["loss"]
+    assert (summary["steps"], summary["steps_this_run"]) == (4, 0)
+
+
+def test_sft_divergence_message_gives_the_command_that_resumes(demo, tmp_path):
+    out = tmp_path / "run"
+
+    def diverge(step, row):
+        if step == 3:
+            raise TrainingDiverged("3 consecutive steps skipped (test)")
+
+    args = sft_args(demo, out, "--max-steps", 4, "--save-every", 2)
+    settings = settings_from_args(sft.SftRun, sft.build_parser().parse_args(map(str, args)))
+    with pytest.raises(TrainingDiverged) as err:
+        sft.run(settings, hooks=[diverge])
+    message = str(err.value)
+    assert "To resume the last checkpoint at half the learning rate:\n  python -m stages.sft " \
+        in message
+    command = shlex.split(message.rsplit("\n  ", 1)[1])
+    assert command[:3] == ["python", "-m", "stages.sft"]
+    assert command[command.index("--lr") + 1] == "0.0015"
+    assert "--resume-with-new-schedule" in command
+
+    assert stage(sft, command[3:]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"] == str(out / "checkpoints" / "step_00000002")
+    rows = metric_rows(out)
+    assert [r["step"] for r in rows if "event" not in r] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows if "event" not in r] == [3e-3, 3e-3, 1.5e-3, 1.5e-3]
+    assert [r["event"] for r in rows if "event" in r] == ["schedule_changed"]
 
 
 def test_sft_loss_decreases_on_tiny_overfit_set(demo, tmp_path):
@@ -247,6 +331,47 @@ def test_train_opd_refuses_missing_failed_or_foreign_calibration(demo, calibrati
     assert not out.exists()  # nothing started
 
 
+def test_train_opd_refuses_a_stale_calibration(demo, tmp_path, capsys):
+    student = tmp_path / "student"
+    shutil.copytree(demo["student"], student)
+    output = tmp_path / "calibration.json"
+    assert stage(calibrate, calibrate_args(demo, output, demo["teacher"], *LENIENT,
+                                           "--student", student)) == 0
+    report = json.loads(output.read_text())
+    assert len(report["student"]["weights_sha256"]) == 64
+    assert report["opd_settings_sha256"] == settings_fingerprint(OpdConfig(top_k=8,
+                                                                           max_new_tokens=6))
+    out = tmp_path / "opd"
+
+    def opd(*extra):
+        args = opd_args(demo, output, out, "--max-steps", 1, *extra)
+        args[args.index("--student") + 1] = student
+        return stage(train_opd, args)
+
+    assert opd("--top-k", 4) == 1  # the checks were made at k = 8
+    err = capsys.readouterr().err
+    assert f"error: {output}: calibrated with other OPD step settings (top_k 8 then, 4 now)" in err
+    # the same bytes elsewhere are the same model; another --reshard-during-decode is no change
+    copy = tmp_path / "copy"
+    shutil.copytree(student, copy)
+    cfg = OpdConfig(top_k=8, max_new_tokens=6, reshard_during_decode=True)
+    assert require_calibration(output, str(copy), str(demo["teacher"]), cfg) == report
+
+    retrained = load_adapter(str(student))  # the student changes in place: same path
+    with torch.no_grad():
+        next(retrained.model.parameters()).add_(1e-3)
+    retrained.model.save_pretrained(student)
+    assert opd() == 1
+    err = capsys.readouterr().err
+    assert f"the student '{student}' is not the one calibrated (its weights changed since " in err
+    assert "snakemake --forcerun calibrate" in err
+    assert not out.exists()  # nothing started
+    del report["teacher"]["weights_sha256"]  # a report of an older version
+    output.write_text(json.dumps(report))
+    with pytest.raises(UserError, match="records no fingerprint of the teacher's weights"):
+        require_calibration(output, str(copy), str(demo["teacher"]), cfg)
+
+
 @pytest.mark.slow
 def test_train_opd_two_ranks_match_one_rank(demo, calibration, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
@@ -275,8 +400,12 @@ def test_train_opd_two_ranks_match_one_rank(demo, calibration, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_opd_sigkill_resumes_bitwise(demo, calibration, tmp_path):
-    # Sampled rollouts: the resumed run must also draw the same samples.
+def test_train_opd_sigkill_resumes_bitwise(demo, tmp_path):
+    # Sampled rollouts: the resumed run must also draw the same samples. The calibration must
+    # have checked sampled rollouts too.
+    calibration = tmp_path / "calibration.json"
+    assert stage(calibrate, calibrate_args(demo, calibration, demo["teacher"], *LENIENT,
+                                           "--sample")) == 0
     common = ["--max-steps", 5, "--save-every", 2, "--sample"]
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     ok(launch(["-m", "stages.train_opd", *opd_args(demo, calibration, reference, *common)]))

@@ -262,12 +262,70 @@ def test_validated_manifest_validates_to_itself(data: Path) -> None:
     assert again.read_text() == output.read_text()
 
 
-def test_empty_manifest_is_valid_but_warned(data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_empty_manifest_fails_unless_allowed(data: Path, capsys: pytest.CaptureFixture) -> None:
     manifest = write_manifest(data / "m.jsonl", ["", "  "])
-    status, report, output = validate(manifest)
+    for mode in ("fail", "quarantine"):
+        status, report, output = validate(manifest, "--on-error", mode)
+        assert status == 1 and not output.exists()
+        assert (report["total"], report["output_written"]) == (0, False)
+        err = capsys.readouterr().err
+        assert f"error: {manifest}: holds no manifest lines" in err and "--allow-empty" in err
+        assert "**no lines, output NOT written**" in output.with_name("report.md").read_text()
+
+    status, report, output = validate(manifest, "--allow-empty")
     assert status == 0 and output.read_text() == ""
     assert (report["total"], report["valid"], report["hours"]) == (0, 0, 0.0)
+    assert report["options"]["allow_empty"] is True
     assert "holds no lines" in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path):
+    """A tmpfs at ``tmp_path/out`` (the folder ``validate`` writes to); root only."""
+    mount = tmp_path / "out"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if made.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_read_only_output_folder_is_one_line(data: Path, small_mount: Path, capsys) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    manifest = write_manifest(data / "m.jsonl", [GOOD])
+    argv = ["--input", str(manifest), "--output", str(small_mount / "valid.jsonl"),
+            "--report", str(small_mount / "report.json"), "--workers", "1", "--no-progress"]
+    assert run_stage(main, build_parser(), argv) == 1
+    err = capsys.readouterr().err
+    assert f"\nerror: {small_mount / 'valid.jsonl'}: Read-only file system (EROFS); the file " \
+        "system is mounted read-only: write the outputs to a writable folder\n" in err
+    assert "Traceback" not in err
+
+
+def test_full_output_folder_leaves_no_manifest_without_report(data: Path, small_mount: Path,
+                                                              tmp_path: Path, capsys) -> None:
+    manifest = write_manifest(data / "m.jsonl", [
+        {"audio": "wav/good.wav", "text": "x" * 300, "id": f"utt{i}"} for i in range(40)])
+    # Measure the outputs elsewhere, then leave the folder room for the manifest alone.
+    probe = tmp_path / "probe"
+    probe_argv = ["--input", str(manifest), "--output", str(probe / "valid.jsonl"), "--report",
+                  str(probe / "report.json"), "--workers", "1", "--no-progress"]
+    assert run_stage(main, build_parser(), probe_argv) == 0
+    pages = -(-(probe / "valid.jsonl").stat().st_size // 4096)
+    stats = os.statvfs(small_mount)
+    free = stats.f_bavail * stats.f_frsize
+    (small_mount / "filler").write_bytes(b"\0" * (free - pages * 4096))
+
+    argv = ["--input", str(manifest), "--output", str(small_mount / "valid.jsonl"),
+            "--report", str(small_mount / "report.json"), "--workers", "1", "--no-progress"]
+    assert run_stage(main, build_parser(), argv) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device (ENOSPC); free space there or write the outputs " \
+        "elsewhere" in err and f"error: {small_mount}" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in small_mount.iterdir()) == ["filler"]  # nothing half-written
 
 
 @pytest.mark.parametrize(("begin", "end", "seconds", "suffix"), [
@@ -391,7 +449,8 @@ def test_report_numbers_exact(data: Path) -> None:
                                    "max": 0.5}
     assert report["reason_counts"] == {"audio_not_found": 1, "not_an_object": 1}
     assert report["options"] == {"on_error": "quarantine", "require_text": True,
-                                 "min_seconds": 0.0, "max_seconds": 30.0, "workers": 1}
+                                 "min_seconds": 0.0, "max_seconds": 30.0,
+                                 "allow_empty": False, "workers": 1}
     assert report["input"] == str(manifest)
     assert {"config_hash", "git_commit", "versions"} <= set(report["provenance"])
 

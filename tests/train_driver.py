@@ -5,7 +5,8 @@ Run as a script (one process, or under ``torchrun``) by tests/test_train_distrib
 pieces (model, data, objective) are imported by tests/test_train_core.py. Fault injection lives
 here, not in the library: ``--kill-after-step`` SIGKILLs the process from a step hook, and
 ``--kill-in-save-step`` SIGKILLs it after a checkpoint's temporary folder is complete but before
-it is renamed.
+it is renamed. ``--pid-dir`` makes every rank write its pid there once training runs, and
+``--step-sleep`` slows each step (for killing a launcher while its workers train).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from stages.train import (
     LoopConfig,
     OptimizerConfig,
     ResumableSampler,
-    ScheduleConfig,
     build_optimizer,
     build_scheduler,
     init_distributed,
@@ -37,6 +37,7 @@ from stages.train import (
     shutdown,
     train,
 )
+from stages.train.optim import OptimSettings
 
 VOCAB = 64
 SEQ_LEN = 12
@@ -114,19 +115,24 @@ def run(env, out: Path, *, steps: int = 6, save_every: int = 2, keep_last: int |
         resume: str = "auto", global_batch: int = 4, grad_accum: int = 1, examples: int = 20,
         seed: int = 0, lr: float = 3e-3, dropout: float = 0.0, nan_steps=(),
         bad_grad_steps=(), empty_steps=(), max_skips: int = 3,
-        kill_in_save_step: int | None = None, hooks=(), snapshots: dict | None = None):
+        kill_in_save_step: int | None = None, hooks=(), snapshots: dict | None = None,
+        stale: str = "refuse", new_schedule: bool = False, schedule: str = "cosine"):
     """Build the tiny model, optimizer, schedule and data, and train; returns (result, model).
-    ``snapshots``: if given, filled with {step: full parameter tensors after that step}."""
+    ``snapshots``: if given, filled with {step: full parameter tensors after that step}.
+    The lr schedule (warmup 2, then ``schedule`` to 0.1 × ``lr`` at ``steps``) is recorded in
+    the checkpoints beside the config; ``stale`` and ``new_schedule`` go to the checkpointer."""
     seed_everything(seed)
     model = shard_model(tiny_model(dropout), env)
     optimizer = build_optimizer(model, OptimizerConfig(lr=lr, weight_decay=0.1))
-    scheduler = build_scheduler(optimizer, ScheduleConfig(
-        "cosine", warmup_steps=2, total_steps=steps, min_lr_ratio=0.1))
+    optim = OptimSettings(lr=lr, warmup_steps=2, schedule=schedule, min_lr_ratio=0.1)
+    scheduler = build_scheduler(optimizer, optim.schedule_over(steps))
     data = toy_examples(examples)
     sampler = ResumableSampler(len(data), global_batch // env.world_size, rank=env.rank,
                                world_size=env.world_size, seed=seed)
     checkpointer = KillingCheckpointer(out / "checkpoints", keep_last=keep_last,
-                                       config={"lr": lr}, kill_step=kill_in_save_step)
+                                       config={"weight_decay": 0.1},
+                                       schedule=optim.schedule_record(steps), stale=stale,
+                                       new_schedule=new_schedule, kill_step=kill_in_save_step)
     cfg = LoopConfig(output_dir=out, max_steps=steps, grad_accum=grad_accum,
                      save_every=save_every, resume=resume, seed=seed,
                      max_consecutive_skips=max_skips, tensorboard=False, progress=False)
@@ -153,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--kill-after-step", type=int)
     p.add_argument("--kill-in-save-step", type=int)
+    p.add_argument("--pid-dir", type=Path)
+    p.add_argument("--step-sleep", type=float, default=0.0)
     return p
 
 
@@ -163,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     env = init_distributed(args.device)
     hooks = []
+    if args.pid_dir is not None:
+        args.pid_dir.mkdir(parents=True, exist_ok=True)
+        (args.pid_dir / f"rank_{env.rank}").write_text(str(os.getpid()))
+    if args.step_sleep:
+        hooks.append(lambda step, row: time.sleep(args.step_sleep))
     if args.kill_after_step is not None:
         def kill(step, row):
             if step == args.kill_after_step:

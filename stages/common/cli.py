@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from stages.common.errors import UserError
+from stages.common.errors import UserError, storage_error, storage_failure
 
 log = logging.getLogger("stages")
 
@@ -36,13 +36,26 @@ def parser(description: str, epilog: str | None = None) -> argparse.ArgumentPars
 
 def run_stage(main: Callable[[argparse.Namespace], int | None], p: argparse.ArgumentParser,
               argv: Sequence[str] | None = None) -> int:
-    """Parse args, run ``main``; a ``UserError`` becomes a clear message and exit status 1."""
+    """Parse args, run ``main``; a ``UserError`` becomes a clear message and exit status 1, and
+    so does a full, read-only or forbidden output folder (one line naming the path; any other
+    error keeps its traceback)."""
     args = p.parse_args(argv)
     setup_logging(args.verbose)
     try:
         status = main(args)
     except UserError as err:
-        log.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err)
+    except BaseException as err:  # also DCP's CheckpointException, a BaseException
+        if isinstance(err, KeyboardInterrupt | SystemExit | GeneratorExit):
+            raise
+        problem = storage_failure(err)
+        if problem is None:
+            raise
+        return _fail(storage_error(problem))
     return int(status or 0)
+
+
+def _fail(err: UserError) -> int:
+    log.error("%s", err)
+    print(f"error: {err}", file=sys.stderr)
+    return 1

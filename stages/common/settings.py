@@ -244,6 +244,32 @@ def settings_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any
         raise UserError(f"options: {err}") from err
 
 
+def settings_argv(settings: Any) -> list[str]:
+    """Options that give ``settings`` back through :func:`settings_from_args`: every required
+    one and every one whose value differs from its default (nested groups included). Used to
+    print a command that reproduces a run, e.g. with one option changed."""
+    argv: list[str] = []
+    for f, hint in _fields(type(settings)):
+        value = getattr(settings, f.name)
+        if "title" in f.metadata and dataclasses.is_dataclass(hint):
+            argv += settings_argv(value)
+            continue
+        default = _default_of(f)
+        if "help" not in f.metadata or value is None or (default is not _MISSING
+                                                           and value == default):
+            continue
+        flag = flag_of(f.name)
+        if isinstance(value, bool):
+            argv.append(flag if value else f"--no-{flag[2:]}")
+        elif isinstance(value, (tuple, list)):
+            argv += [flag, *map(str, value)]
+        elif isinstance(value, Mapping):
+            argv += [flag, *(f"{k}={v}" for k, v in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
 def as_dict(settings: Any) -> dict[str, Any]:
     """JSON-ready fields of a settings dataclass (nested ones as dicts, paths as strings)."""
     return {f.name: _plain(getattr(settings, f.name)) for f in dataclasses.fields(settings)}

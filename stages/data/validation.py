@@ -26,6 +26,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from stages.common.errors import UserError
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import atomic_writer, dumps_row, write_json
 from stages.common.provenance import provenance
 from stages.common.settings import finite_seconds, positive_int, setting
@@ -84,6 +85,9 @@ class ValidationOptions:
                            help="processes for the audio checks (default: all usable cores; "
                                 "1 = no pool)")
     progress: bool = setting(True, volatile=True, help="progress bar on stderr")
+    allow_empty: bool = setting(False, help="accept a manifest without a single line (an empty "
+                                            "output manifest); by default it is an error, as "
+                                            "it usually means a failed export upstream")
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and self.max_seconds < self.min_seconds:
@@ -315,13 +319,16 @@ class Tally:
 def validate_manifest(input_path: str | Path, output_path: str | Path,
                       report_path: str | Path, settings: Settings | None = None, *,
                       on_error: str = "fail", rejects_path: str | Path | None = None,
-                      workers: int = 1, progress: bool = True) -> dict[str, Any]:
+                      workers: int = 1, progress: bool = True,
+                      allow_empty: bool = False) -> dict[str, Any]:
     """Check every line of ``input_path``; write the outputs; return the report dict.
 
     ``on_error="fail"``: the output manifest is written only if every line is good (a stale one
     is removed). ``"quarantine"``: good lines go to ``output_path`` and bad lines, byte for byte,
-    to ``rejects_path`` (default ``rejects.jsonl`` beside the output). The report (JSON and a
-    Markdown twin with the same stem) is written in both modes.
+    to ``rejects_path`` (default ``rejects.jsonl`` beside the output). A manifest without lines
+    gets no output manifest unless ``allow_empty``. The report (JSON and a Markdown twin with
+    the same stem) is written in every case; the outputs appear together or not at all (a full
+    disk while writing the report removes the manifest too).
     """
     if on_error not in ("fail", "quarantine"):
         raise ValueError(f"on_error must be 'fail' or 'quarantine', got {on_error!r}")
@@ -337,6 +344,17 @@ def validate_manifest(input_path: str | Path, output_path: str | Path,
     output_path.unlink(missing_ok=True)  # never leave a stale manifest that looks validated
 
     tally = Tally()
+    with outputs_together(output_path, rejects_path, report_path, markdown_path):
+        report = _write_outputs(input_path, output_path, report_path, markdown_path,
+                                rejects_path, settings, tally, on_error=on_error,
+                                workers=workers, progress=progress, allow_empty=allow_empty)
+    return report
+
+
+def _write_outputs(input_path: Path, output_path: Path, report_path: Path, markdown_path: Path,
+                   rejects_path: Path | None, settings: Settings, tally: Tally, *,
+                   on_error: str, workers: int, progress: bool,
+                   allow_empty: bool) -> dict[str, Any]:
     try:
         with ExitStack() as stack:
             pool = None
@@ -361,7 +379,7 @@ def validate_manifest(input_path: str | Path, output_path: str | Path,
                 bar.update(chunk[-1][0] - done_lines)
                 done_lines = chunk[-1][0]
             bar.update(bar.total - done_lines)
-            if on_error == "fail" and tally.rejected:
+            if (on_error == "fail" and tally.rejected) or (not tally.total and not allow_empty):
                 raise _DiscardOutput  # atomic_writer drops its temporary file
     except _DiscardOutput:
         pass
@@ -370,7 +388,7 @@ def validate_manifest(input_path: str | Path, output_path: str | Path,
     report = build_report(tally, settings, input_path=input_path,
                           output_path=output_path, output_written=output_written,
                           rejects_path=rejects_path, report_path=report_path,
-                          on_error=on_error, workers=workers)
+                          on_error=on_error, workers=workers, allow_empty=allow_empty)
     write_json(report_path, report)
     with atomic_writer(markdown_path) as handle:
         handle.write(render_markdown(report))
@@ -412,11 +430,12 @@ def duration_stats(durations: array) -> dict[str, float | None]:
 
 def build_report(tally: Tally, settings: Settings, *, input_path: Path,
                  output_path: Path, output_written: bool, rejects_path: Path | None,
-                 report_path: Path, on_error: str, workers: int) -> dict[str, Any]:
+                 report_path: Path, on_error: str, workers: int,
+                 allow_empty: bool = False) -> dict[str, Any]:
     """The REPORT.json document (every rejected line is listed, in input order)."""
     options = {"on_error": on_error, "require_text": settings.require_text,
                "min_seconds": settings.min_seconds, "max_seconds": settings.max_seconds,
-               "workers": workers}
+               "allow_empty": allow_empty, "workers": workers}
     languages = {
         code: {"lines": lines, "hours": _hours(tally.language_seconds[code]),
                "name": LANGUAGES.get(code, "")}
@@ -461,6 +480,9 @@ def render_markdown(report: dict[str, Any], max_rejected: int = 50) -> str:
                f"{report['invalid']} bad line(s), "
                + ("quarantined" if report["options"]["on_error"] == "quarantine"
                   else "output NOT written"))
+    if not report["total"]:
+        verdict = "no lines, " + ("empty output written (--allow-empty)"
+                                  if report["output_written"] else "output NOT written")
     lines = [
         f"# Manifest validation: {Path(report['input']).name}",
         "",

@@ -293,22 +293,33 @@ def publish_report(report: dict[str, Any], output: Path) -> None:
 
 
 def model_record(path_or_id: str, adapter: AsrAdapter) -> dict[str, Any]:
-    """Who a calibrated model was: as given, resolved to an absolute path, and its adapter."""
+    """Who a calibrated model was: as given, resolved to an absolute path, its adapter, and a
+    fingerprint of its weights (what :func:`require_calibration` compares)."""
+    from stages.opd.identity import weights_fingerprint
+
     path = Path(path_or_id)
     return {"path": str(path_or_id),
             "resolved": str(path.resolve()) if path.exists() else str(path_or_id),
             "family": adapter.family, "stop_token_id": adapter.stop_token_id,
-            "vocab_size": adapter.vocab_size}
+            "vocab_size": adapter.vocab_size,
+            "weights_sha256": weights_fingerprint(path_or_id)}
 
 
-def _same_model(given: str, recorded: dict[str, Any]) -> bool:
-    path = Path(given)
-    resolved = str(path.resolve()) if path.exists() else given
-    return resolved == recorded.get("resolved") or given == recorded.get("path")
+def _same_model(fingerprint: str, recorded: dict[str, Any]) -> bool:
+    """The same weights (by content: a copied folder matches, one retrained in place not)."""
+    return fingerprint == recorded.get("weights_sha256")
 
 
-def require_calibration(path: Path, student: str, teacher: str) -> dict[str, Any]:
-    """The calibration report, if it passed for this student and teacher; else a UserError."""
+def require_calibration(path: Path, student: str, teacher: str,
+                        opd: OpdConfig | None = None) -> dict[str, Any]:
+    """The calibration report, if it passed for these student and teacher weights and (when
+    ``opd`` is given) these OPD step settings; else a UserError that says what changed."""
+    from stages.opd.identity import (
+        checked_settings,
+        settings_fingerprint,
+        weights_fingerprint,
+    )
+
     if not path.is_file():
         failed = path.with_name(f"{path.stem}.failed.json")
         hint = (f"; {failed} exists: calibration ran and failed, read its `checks`"
@@ -324,11 +335,31 @@ def require_calibration(path: Path, student: str, teacher: str) -> dict[str, Any
         raise UserError(f"{path}: the calibration did not pass (failed: {failed}); OPD "
                         "training refuses to start. Fix the pair or the settings and calibrate "
                         "again")
+    again = ("calibrate again (python -m stages.calibrate; in the workflow: snakemake "
+             "--forcerun calibrate)")
     for role, given in (("student", student), ("teacher", teacher)):
         recorded = report.get(role) or {}
-        if not _same_model(given, recorded):
-            raise UserError(f"{path}: calibrated with {role} {recorded.get('path')!r}, but this "
-                            f"run trains with {given!r}; calibrate this pair first")
+        if "weights_sha256" not in recorded:
+            raise UserError(f"{path}: records no fingerprint of the {role}'s weights (written "
+                            f"by an older version), so it cannot vouch for {given!r}; {again}")
+        now = weights_fingerprint(given)
+        if not _same_model(now, recorded):
+            changed = ("its weights changed since" if recorded.get("path") == str(given)
+                       else f"calibrated with {recorded.get('path')!r},")
+            raise UserError(f"{path}: the {role} {given!r} is not the one calibrated ({changed} "
+                            f"weights {recorded['weights_sha256'][:12]} then, {now[:12]} now); "
+                            f"calibrate this pair first: {again}")
+    if opd is not None:
+        saved = report.get("opd_settings_sha256")
+        if saved != settings_fingerprint(opd):
+            then = report.get("opd") or {}
+            differing = [f"{key} {then.get(key, 'unrecorded')} then, {value} now"
+                         for key, value in checked_settings(opd).items()
+                         if then.get(key, "unrecorded") != value]
+            what = "; ".join(differing) if saved is not None and differing else (
+                "no settings fingerprint recorded (an older version)")
+            raise UserError(f"{path}: calibrated with other OPD step settings ({what}); the "
+                            f"checks do not carry over, {again} with this run's settings")
     return report
 
 

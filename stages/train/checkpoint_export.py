@@ -51,9 +51,11 @@ from stages.models import FAMILIES, ModelLoading, family_of, load_adapter
 from stages.models.base import AsrAdapter
 from stages.train.checkpoint import (
     META_FILE,
-    latest_checkpoint,
     load_model_weights,
+    newest_intact,
     read_meta,
+    root_cause,
+    verify_checkpoint,
 )
 from stages.train.hf_save import (
     EXPORT_DTYPES,
@@ -92,18 +94,29 @@ class CheckpointSource:
 
 def resolve_checkpoint(spec: str | Path) -> CheckpointSource:
     """A checkpoint from a ``step_<n>`` folder, a ``checkpoints/`` folder or a run folder
-    (the newest complete checkpoint of the last two)."""
+    (the newest intact checkpoint of the last two: a corrupt one is skipped with a warning,
+    and left where it is). Every checkpoint is verified against its checksums."""
     path = Path(spec)
     if not path.is_dir():
         raise UserError(f"--checkpoint {path}: no such folder; give a step_<n> checkpoint, "
                         "a checkpoints/ folder or a training run folder")
     if not (path / META_FILE).is_file():
         root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        latest = latest_checkpoint(root)
+        latest, corrupt = newest_intact(root)
+        for bad, problems in corrupt:
+            log.warning("checkpoint %s is corrupt (%s): skipped", bad, "; ".join(problems))
+        if latest is None and corrupt:
+            raise UserError(f"--checkpoint {path}: no intact checkpoint under {root} (all "
+                            f"{len(corrupt)} are damaged, see the warnings above)")
         if latest is None:
             raise UserError(f"--checkpoint {path}: no complete checkpoint (step_<n>/ with "
                             f"{META_FILE}) under {root}; has training saved one yet?")
         path = latest
+    else:
+        problems = verify_checkpoint(path)
+        if problems:
+            raise UserError(f"{path} is damaged: {'; '.join(problems)}. Export another "
+                            "checkpoint (a run folder exports its newest intact one)")
     meta = read_meta(path)
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
     summary = None
@@ -137,7 +150,7 @@ def model_from_checkpoint(ckpt: CheckpointSource, base_dir: Path, *,
         load_model_weights(ckpt.path, model)
     except (CheckpointException, ValueError, RuntimeError) as err:
         raise UserError(f"{ckpt.path}: the checkpoint does not fit the architecture in "
-                        f"{base_dir}/config.json ({_root_cause(err)}); give the model folder "
+                        f"{base_dir}/config.json ({root_cause(err)}); give the model folder "
                         "the run started from as --base") from err
     if (base_dir / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(base_dir)
@@ -158,14 +171,6 @@ def cast_saved_tensors(model: nn.Module, dtype: torch.dtype) -> nn.Module:
                 module = model.get_submodule(module_name)
                 setattr(module, attr, buffer.to(dtype))
     return model
-
-
-def _root_cause(err: BaseException) -> str:
-    """The first rank's error inside a DCP CheckpointException (else the error itself)."""
-    if isinstance(err, CheckpointException) and err.failures:
-        inner, _ = next(iter(err.failures.values()))
-        return f"{type(inner).__name__}: {inner}"
-    return f"{type(err).__name__}: {err}"
 
 
 # ---- probe clips ----------------------------------------------------------------------------
@@ -375,7 +380,7 @@ def export_checkpoint(ckpt: CheckpointSource, base: str | Path, output: str | Pa
         if result.passed:
             if finish is not None:
                 finish(result, staging)
-            publish_dir(staging, output, normalize_files=True)
+            publish_dir(staging, output, shared=True)
             log.info("export verified and written to %s", output)
         return result
 

@@ -6,13 +6,25 @@ state dict always holds DTensors, and a checkpoint written by one process reshar
 back exactly as one written by many does.
 
 Backend: NCCL when the device is CUDA, gloo on CPU.
+
+A rank started by a launcher (torchrun) dies with it. torchrun starts every worker in a process
+session of its own, so killing the launcher's process group (a scheduler cancelling a job, a
+terminal's Ctrl-C, ``kill -- -PGID``) would leave the workers running on: they would finish the
+run, write checkpoints and metrics beside a retry. :func:`exit_with_launcher` asks Linux to
+SIGKILL the worker when its parent exits (``prctl(PR_SET_PDEATHSIG)``), and elsewhere watches the
+parent pid from a thread.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +54,33 @@ def _launched_by_torchrun() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_launcher(poll_seconds: float = 1.0) -> str:
+    """Make this process die (SIGKILL) when the process that started it exits; returns how
+    ("prctl" or "watchdog"). Call it early in a worker, before any real work."""
+    parent = os.getppid()
+    how = "watchdog"
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):  # no libc prctl: fall back to watching
+            pass
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "watchdog":
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(poll_seconds)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        threading.Thread(target=watch, name="launcher-watchdog", daemon=True).start()
+    return how
+
+
 def init_distributed(device: str | None = None) -> DistEnv:
     """Join (or create) the default process group and return this process's place in it.
 
@@ -64,6 +103,7 @@ def init_distributed(device: str | None = None) -> DistEnv:
 
     if not dist.is_initialized():
         if _launched_by_torchrun():
+            exit_with_launcher()
             dist.init_process_group(backend=backend)
         else:
             dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
@@ -89,6 +129,16 @@ def shutdown() -> None:
     """Leave the process group (safe to call when none exists)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def dist_rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def dist_world() -> int:
+    """The number of ranks (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def barrier() -> None:

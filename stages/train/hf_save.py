@@ -9,7 +9,8 @@ chat template, feature-extractor and generation configs, remote code — is copi
 the base folder: training never changes them, and copying keeps them byte-identical.
 
 The folder appears atomically: it is written under a temporary name beside the target and
-renamed when complete, so a killed save leaves the previous export (or nothing) in place.
+renamed when complete, so a killed save leaves the previous export (or nothing) in place. Its
+files are 0644 and its folders 0755 whatever the umask (others on a cluster load it).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def save_hf_folder(model: nn.Module, base_dir: str | Path, export_dir: str | Pat
         with staging_dir(export_dir) as staging:
             plain.save_pretrained(staging)
             copy_side_files(base, staging)
-            publish_dir(staging, export_dir)
+            publish_dir(staging, export_dir, shared=True)
         log.info("saved the trained model to %s", export_dir)
     barrier()
     return export_dir

@@ -42,7 +42,13 @@ from torch.distributed.tensor import DTensor
 
 from stages.common.errors import UserError
 from stages.common.settings import setting
-from stages.train.checkpoint import Checkpointer, Progress, TrainState, derived_seed
+from stages.train.checkpoint import (
+    HISTORY_FILE,
+    Checkpointer,
+    Progress,
+    TrainState,
+    derived_seed,
+)
 from stages.train.data import BatchSource
 from stages.train.distributed import DistEnv, gather_objects, seed_everything
 from stages.train.metrics import MetricsLogger, accumulate, combine_rank_stats
@@ -52,7 +58,7 @@ log = logging.getLogger(__name__)
 RESERVED_STATS = frozenset({
     "step", "epoch", "loss", "loss_sum", "loss_count", "units", "grad_norm", "lr", "skipped",
     "skip_reason", "optimizer_step", "tokens_per_s", "nonfinite_loss_ranks", "time_data",
-    "time_forward", "time_backward", "time_optimizer", "time_step",
+    "time_forward", "time_backward", "time_optimizer", "time_step", "event",
 })
 
 
@@ -123,7 +129,12 @@ def train(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimiz
           checkpointer: Checkpointer, cfg: LoopConfig, env: DistEnv,
           hooks: Sequence[StepHook] = ()) -> TrainResult:
     """Run (or resume) training until ``cfg.max_steps``; checkpoint every ``cfg.save_every``
-    steps and at the end. ``hooks`` are called on every rank after each step's metrics row."""
+    steps and at the end. ``hooks`` are called on every rank after each step's metrics row.
+
+    ``metrics.jsonl`` is reconciled with the resumed checkpoint in every case, also when there
+    is nothing left to train: rows after its step are dropped, and rows up to it come back from
+    the history the checkpoint carries (when it belongs to this run folder). The checkpointer's
+    warnings (a corrupt checkpoint set aside, a new schedule) are written to it as event rows."""
     state = TrainState(model, optimizer, scheduler, batches.sampler)
     resumed_from = checkpointer.resolve(cfg.resume)
     if resumed_from is not None:
@@ -132,15 +143,21 @@ def train(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimiz
         # Independent streams per rank from here on (model init used the same seed everywhere).
         seed_everything(derived_seed(cfg.seed, 0, env.rank))
     progress = state.progress
-    if progress.step >= cfg.max_steps:
+    done = progress.step >= cfg.max_steps
+    own = resumed_from is not None and resumed_from.parent == checkpointer.root
+    metrics = MetricsLogger(cfg.output_dir, resume_step=progress.step, total_steps=cfg.max_steps,
+                            enabled=env.is_main, tensorboard=cfg.tensorboard and not done,
+                            progress=cfg.progress and not done,
+                            history=resumed_from / HISTORY_FILE if own else None)
+    for event in checkpointer.events:
+        metrics.event(event)
+    if done:
+        metrics.close()
         log.info("checkpoint is at step %d >= max steps %d: nothing to train",
                  progress.step, cfg.max_steps)
         return TrainResult(progress.step, progress.optimizer_steps, progress.skipped_steps,
                            resumed_from, resumed_from)
 
-    metrics = MetricsLogger(cfg.output_dir, resume_step=progress.step, total_steps=cfg.max_steps,
-                            enabled=env.is_main, tensorboard=cfg.tensorboard,
-                            progress=cfg.progress)
     params = [p for p in model.parameters() if p.requires_grad]
     last_saved = None
     model.train()
@@ -160,7 +177,7 @@ def train(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimiz
                     "from the last checkpoint (nothing was applied during the skipped steps)"
                 )
             if progress.step % cfg.save_every == 0 or progress.step == cfg.max_steps:
-                last_saved = checkpointer.save(state, env)
+                last_saved = checkpointer.save(state, env, history=metrics.path)
     finally:
         metrics.close()
     return TrainResult(progress.step, progress.optimizer_steps, progress.skipped_steps,

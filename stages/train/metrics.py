@@ -14,9 +14,14 @@ Stat naming convention (what an objective returns from ``loss`` as its stats dic
 
 Non-finite values are written as JSON ``null`` (JSON has no NaN).
 
-``metrics.jsonl`` is written by rank 0 only, one object per loop step, flushed as it is written.
-A resumed run first drops the rows after the step it resumes from (a killed run may have logged
-steps past its last checkpoint), so every step appears once.
+``metrics.jsonl`` is written by rank 0 only, one object per loop step, flushed as it is written,
+plus event rows (``{"step", "event", "warning", ...}``: a corrupt checkpoint set aside, a new lr
+schedule) at the step they happened after. A resumed run first reconciles the file with the
+checkpoint it resumes: rows after its step are dropped (a killed run may have logged steps past
+its last checkpoint), and the rows up to it are the history saved in the checkpoint, when there
+is one, plus the event rows logged since; without one, the file's own rows up to the step, one
+per step. Every step therefore appears once, whatever was killed, duplicated or lost before.
+A fresh run starts an empty file.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 from tqdm import tqdm
 
 from stages.common.errors import UserError
-from stages.common.jsonl import dumps_row, iter_lines, write_jsonl
+from stages.common.jsonl import dumps_row, iter_lines, read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,14 @@ def combine_rank_stats(per_rank: Iterable[dict[str, float]]) -> dict[str, float 
     return out
 
 
+def _one_row_per_step(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows with a step's last row only (two writers, or a resume that was itself killed, can
+    leave several); event rows are kept."""
+    last = {r.get("step"): index for index, r in enumerate(rows) if "event" not in r}
+    return [r for index, r in enumerate(rows)
+            if "event" in r or last[r.get("step")] == index]
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -96,57 +109,90 @@ def _json_safe(value: Any) -> Any:
 class MetricsLogger:
     """Writes one row per step to ``metrics.jsonl`` (and TensorBoard), shows progress; rank 0 only.
 
-    ``resume_step``: the step the run continues after (0 for a fresh run); rows with a larger
-    step are removed from an existing file first.
+    ``resume_step``: the step the run continues after (0 for a fresh run). ``history``: the
+    metrics rows saved with the checkpoint it resumes (module docstring).
     """
 
     def __init__(self, output_dir: str | Path, *, resume_step: int, total_steps: int,
-                 enabled: bool, tensorboard: bool = True, progress: bool = True) -> None:
+                 enabled: bool, tensorboard: bool = True, progress: bool = True,
+                 history: Path | None = None) -> None:
         self.enabled = enabled
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.resume_step = resume_step
         self._handle = None
         self._tb = None
         self._bar = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._truncate(resume_step)
+        self._reconcile(resume_step, history)
         self._handle = self.path.open("a", encoding="utf-8")
         if tensorboard:
             self._tb = _summary_writer(Path(output_dir) / "tensorboard", resume_step)
         self._bar = tqdm(total=total_steps, initial=resume_step, desc="train", unit="step",
                          file=sys.stderr, dynamic_ncols=True, disable=not progress)
 
-    def _truncate(self, resume_step: int) -> None:
+    def _read_rows(self, *, tolerate_damage: bool) -> tuple[list[dict[str, Any]], bool]:
+        """(the file's rows, whether every line was one)."""
         if not self.path.exists():
-            return
-        lines = list(iter_lines(self.path))
-        kept = []
+            return [], True
+        lines = [(number, line) for number, line in iter_lines(self.path) if line.strip()]
+        rows = []
         for index, (number, line) in enumerate(lines):
-            if not line.strip():
-                continue
             try:
-                row = json.loads(line)
+                rows.append(json.loads(line))
             except json.JSONDecodeError as err:
                 if index == len(lines) - 1:  # a row cut short by a kill: it is after the ckpt
                     log.warning("%s:%d: dropping a partly written last row", self.path, number)
-                    continue
+                    return rows, False
+                if tolerate_damage:
+                    log.warning("%s:%d: not a JSON row (%s); the history comes from the "
+                                "checkpoint", self.path, number, err.msg)
+                    return [], False
                 raise UserError(f"{self.path}:{number}: not a JSON row ({err.msg}); the metrics "
                                 "file is damaged: move it away and resume again") from err
-            if row.get("step", 0) <= resume_step:
-                kept.append(row)
-        dropped = sum(1 for _, line in lines if line.strip()) - len(kept)
-        if dropped:
-            log.info("%s: dropped %d row(s) logged after step %d", self.path, dropped,
-                     resume_step)
-            write_jsonl(self.path, kept)
+        return rows, True
+
+    def _reconcile(self, resume_step: int, history: Path | None) -> None:
+        saved = read_jsonl(history) if history is not None and history.is_file() else None
+        current, clean = self._read_rows(tolerate_damage=saved is not None)
+        if resume_step == 0:
+            rows: list[dict[str, Any]] = []
+        elif saved is not None:
+            rows = [r for r in saved if r.get("step", 0) <= resume_step]
+            seen = {dumps_row(r) for r in rows}
+            rows += [r for r in current if "event" in r and r.get("step", 0) <= resume_step
+                     and dumps_row(r) not in seen]
+            rows.sort(key=lambda r: r.get("step", 0))  # stable: events after their step's row
+        else:
+            rows = _one_row_per_step([r for r in current if r.get("step", 0) <= resume_step])
+        if rows == current and clean:
+            return
+        restored = ({r.get("step") for r in rows if "event" not in r}
+                    - {r.get("step") for r in current if "event" not in r})
+        log.info("%s: reconciled with step %d: %d row(s) before, %d after%s", self.path,
+                 resume_step, len(current), len(rows),
+                 f" ({len(restored)} step(s) restored from the checkpoint)" if restored else "")
+        write_jsonl(self.path, rows)
+
+    def event(self, row: dict[str, Any]) -> None:
+        """Write an event row (a warning worth keeping with the curves) at the resumed step."""
+        if not self.enabled:
+            return
+        self._write(dumps_row({"step": self.resume_step, **row}))
+
+    def _write(self, line: str) -> None:
+        try:
+            self._handle.write(line + "\n")
+            self._handle.flush()
+        except OSError as err:  # a full disk: name the file (a failed write names none)
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def log(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         clean = {key: _json_safe(value) for key, value in row.items()}
-        self._handle.write(dumps_row(clean) + "\n")
-        self._handle.flush()
+        self._write(dumps_row(clean))
         step = int(row["step"])
         if self._tb is not None:
             for key, value in clean.items():

@@ -8,14 +8,17 @@ gates). Tied weights are judged by all their owners: an embedding tied to the ou
 decayed. An untied output head is a matrix and is decayed.
 
 The schedule is a ``LambdaLR`` so its position is checkpointed with ``state_dict``. It counts
-optimizer updates, not loop steps: a skipped step (non-finite loss) does not advance it.
+optimizer updates, not loop steps: a skipped step (non-finite loss) does not advance it. Its
+shape (peak lr, warmup, kind, floor and, for cosine, the update it ends at) is recorded in every
+checkpoint (:meth:`OptimSettings.schedule_record`); a resume with another shape is refused unless
+asked for, and then :func:`rebase_schedule` continues at the same position on the new shape.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -73,6 +76,27 @@ class OptimSettings:
         """The schedule of a run of ``total_steps`` optimizer updates."""
         return ScheduleConfig(self.schedule, warmup_steps=self.warmup_steps,
                               total_steps=total_steps, min_lr_ratio=self.min_lr_ratio)
+
+    def schedule_record(self, total_steps: int) -> dict[str, Any]:
+        """What decides every update's lr, as JSON: two runs with equal records follow the same
+        lr curve (a constant schedule does not depend on the run's length)."""
+        cosine = self.schedule == "cosine"
+        return {"lr": self.lr, "schedule": self.schedule, "warmup_steps": self.warmup_steps,
+                "min_lr_ratio": self.min_lr_ratio if cosine else None,
+                "total_steps": total_steps if cosine else None}
+
+
+# The settings a schedule record holds: they may change on resume only when asked for.
+SCHEDULE_SETTINGS = ("lr", "warmup_steps", "schedule", "min_lr_ratio")
+
+
+def describe_schedule(record: dict[str, Any]) -> str:
+    """A schedule record in words: ``lr 0.0001, warmup 100, cosine to 0.1× at update 1000``."""
+    text = f"lr {record.get('lr'):g}, warmup {record.get('warmup_steps')}"
+    if record.get("schedule") == "cosine":
+        return (f"{text}, cosine to {record.get('min_lr_ratio'):g}× at update "
+                f"{record.get('total_steps')}")
+    return f"{text}, constant"
 
 
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
@@ -141,6 +165,18 @@ def lr_factor(step: int, cfg: ScheduleConfig) -> float:
         return cfg.min_lr_ratio
     progress = (step - cfg.warmup_steps) / (cfg.total_steps - cfg.warmup_steps)
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def rebase_schedule(scheduler: LambdaLR, lr: float) -> None:
+    """Continue a restored schedule on the shape it was built with and peak ``lr``: its position
+    (updates done) stays, the lr of the next update is recomputed. Loading a scheduler's state
+    restores the *saved* peak lr, and its optimizer's groups the saved lr, so both are reset."""
+    groups = scheduler.optimizer.param_groups
+    scheduler.base_lrs = [lr] * len(groups)
+    for group, factor in zip(groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig) -> LambdaLR:

@@ -10,15 +10,22 @@ Batch size: ``--batch-size`` is the *global* batch (utterances per optimizer ste
 ranks, times ``--grad-accum`` micro-batches); each rank takes ``batch-size / world size`` of it.
 The same command therefore trains the same way on 1 or N ranks.
 
-Resuming: ``--resume auto`` (the default) continues the newest complete checkpoint in
-``OUTPUT/checkpoints``. A checkpoint written with other *settings* (model, data, optimizer,
-objective options, seed, or a changed input folder: each input's file sizes and modification
-times are fingerprinted) is refused under ``auto`` and ``latest``, so a workflow rerun after an
-upstream change never silently continues a stale run; pass the checkpoint folder itself to
-force it, or ``--stale-checkpoints set-aside`` to move such checkpoints to
-``checkpoints.stale-<hash>/`` and start fresh (the workflow rules do). ``--max-steps``,
-``--save-every``, the output folder, threads, device and export options may change between
-resumes.
+Resuming: ``--resume auto`` (the default) continues the newest intact checkpoint in
+``OUTPUT/checkpoints`` (each is verified against its checksums; a corrupt one is moved to
+``checkpoints.corrupt/`` with a warning, and the next older one is used). A checkpoint written
+with other *settings* (model, data, optimizer, objective options, seed, or a changed input
+folder: each input's file sizes and modification times are fingerprinted) is refused under
+``auto`` and ``latest``, so a workflow rerun after an upstream change never silently continues a
+stale run; pass the checkpoint folder itself to force it, or ``--stale-checkpoints set-aside`` to
+move such checkpoints to ``checkpoints.stale-<hash>/`` and start fresh (the workflow rules do).
+The lr schedule (``--lr``, ``--warmup-steps``, ``--schedule``, ``--min-lr-ratio`` and, for
+cosine, ``--max-steps``) counts as a setting too, unless ``--resume-with-new-schedule`` is given:
+then the run continues on the new schedule from the update it reached, and the log and
+metrics.jsonl show the old and the new one. ``--save-every``, the output folder, threads,
+device and export options may change freely between resumes.
+
+One run writes an output folder at a time: rank 0 holds ``OUTPUT/run.lock`` (``runlock.py``),
+and a second run on the folder is refused with a message naming the first.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import hashlib
 import logging
 import math
 import os
-import shutil
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,19 +43,20 @@ from typing import Any, Literal
 
 import torch
 
-from stages.common.errors import UserError
+from stages.common.errors import UserError, storage_error
+from stages.common.fsutil import outputs_together
 from stages.common.jsonl import iter_jsonl, read_jsonl, write_json
 from stages.common.provenance import provenance
 from stages.common.runtime import set_threads
-from stages.common.settings import group, run_settings, setting
+from stages.common.settings import group, run_settings, setting, settings_argv
 from stages.data.batching import Utterance, load_batch, read_utterances
 from stages.models import load_adapter
 from stages.models.base import AsrAdapter
-from stages.train.checkpoint import Checkpointer, read_meta
+from stages.train.checkpoint import Checkpointer
 from stages.train.data import BatchSource, ResumableSampler
 from stages.train.distributed import (
     DistEnv,
-    barrier,
+    broadcast_object,
     init_distributed,
     seed_everything,
     shutdown,
@@ -58,10 +66,18 @@ from stages.train.hf_save import EXPORT_DTYPES, save_hf_folder
 from stages.train.loop import (
     LoopConfig,
     Objective,
+    TrainingDiverged,
     TrainResult,
     train,
 )
-from stages.train.optim import OptimSettings, ScheduleConfig, build_optimizer, build_scheduler
+from stages.train.optim import (
+    SCHEDULE_SETTINGS,
+    OptimSettings,
+    ScheduleConfig,
+    build_optimizer,
+    build_scheduler,
+)
+from stages.train.runlock import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +110,14 @@ class TrainingSettings:
     stale_checkpoints: Literal["refuse", "set-aside"] = setting(
         "refuse", volatile=True,
         help="when --output-dir holds checkpoints of other settings: refuse (an error), or "
-             "set-aside (rename checkpoints/ to checkpoints.stale-<hash>/ and start fresh; "
-             "what workflows use)")
+             "set-aside (move them to checkpoints.stale-<hash>/ and start fresh, keeping "
+             "those of this run's settings; what workflows use)")
+    resume_with_new_schedule: bool = setting(
+        False, volatile=True,
+        help="resume a checkpoint although the lr schedule changed (--lr, --warmup-steps, "
+             "--schedule, --min-lr-ratio, or --max-steps of a cosine schedule): continue from "
+             "the update it reached on the new schedule; the log shows the old and the new one. "
+             "Without it such a checkpoint counts as one of other settings")
 
 
 def fingerprint(path: str | Path) -> str:
@@ -114,8 +136,9 @@ def fingerprint(path: str | Path) -> str:
 
 
 def identity_settings(settings: Any, inputs: dict[str, str | Path]) -> dict[str, Any]:
-    """The settings that define a run (hashed into every checkpoint): every non-volatile
-    setting of the stage, plus a fingerprint of each input path."""
+    """The settings that define a run: every non-volatile setting of the stage, plus a
+    fingerprint of each input path. Checkpoints record a hash of them, the lr schedule's
+    settings apart (:meth:`TrainingSession.checkpointer`)."""
     identity = run_settings(settings)
     identity["input_fingerprints"] = {name: fingerprint(path) for name, path in inputs.items()}
     return identity
@@ -167,6 +190,8 @@ class TrainingSession:
     stage: str
     settings: dict[str, Any]
     started: float
+    stage_settings: Any = None
+    lock: RunLock | None = None
 
     @classmethod
     def start(cls, training: TrainingSettings, *, stage: str, identity: Any,
@@ -185,6 +210,7 @@ class TrainingSession:
             # both demo models' audio encoders on an H100). Flash / memory-efficient kernels
             # give the same results without it.
             torch.backends.cuda.enable_cudnn_sdp(False)
+        lock = None
         try:
             if not env.is_main:  # one voice in the log; warnings and errors come from all
                 logging.getLogger().setLevel(logging.WARNING)
@@ -193,11 +219,14 @@ class TrainingSession:
                 raise UserError(f"--batch-size {batch} is not a positive multiple of the "
                                 f"{env.world_size} rank(s); it is the global batch, split "
                                 "evenly")
+            lock = _lock_run_folder(Path(training.loop.output_dir), env)
             seed_everything(training.loop.seed)  # same weights on every rank before sharding
             session = cls(training=training, trust_remote_code=trust_remote_code, env=env,
                           stage=stage, settings=identity_settings(identity, inputs),
-                          started=time.perf_counter())
+                          started=time.perf_counter(), stage_settings=identity, lock=lock)
         except BaseException:
+            if lock is not None:
+                lock.release()
             shutdown()
             raise
         log.info("%s: %d rank(s) on %s, global batch %d (%d per rank), %d thread(s)", stage,
@@ -229,38 +258,15 @@ class TrainingSession:
         return utterances
 
     def checkpointer(self) -> Checkpointer:
-        return Checkpointer(self.output_dir / "checkpoints", keep_last=self.training.loop.keep_last,
-                            config=self.settings)
-
-    def _handle_stale_checkpoint(self, checkpointer: Checkpointer) -> None:
-        """Under auto/latest, a checkpoint from other settings is refused, or with
-        ``--stale-checkpoints set-aside`` (and ``--resume auto``) moved away (module docstring)."""
-        spec = self.training.loop.resume
-        if spec not in ("auto", "latest"):
-            return
-        found = checkpointer.resolve(spec)
-        if found is None:
-            return
-        saved = read_meta(found).get("config_hash")
-        if saved == checkpointer.config_hash:
-            return
-        if self.training.stale_checkpoints == "set-aside" and spec == "auto":
-            aside = checkpointer.root.with_name(f"{checkpointer.root.name}.stale-{saved}")
-            if self.env.is_main:
-                if aside.exists():
-                    shutil.rmtree(aside)
-                os.rename(checkpointer.root, aside)
-                log.warning("%s holds checkpoints of other settings (config hash %s, this run "
-                            "%s): moved to %s; training starts fresh", checkpointer.root,
-                            saved, checkpointer.config_hash, aside)
-            barrier()
-            return
-        raise UserError(
-            f"{found} was written with other settings (config hash {saved}, this run "
-            f"{checkpointer.config_hash}: a model, the data, an optimizer or objective option, "
-            "or an input folder changed). Start the new run in an empty output folder (or "
-            f"delete its checkpoints/), pass --resume {found} to continue it anyway, or "
-            "--stale-checkpoints set-aside")
+        """The run's checkpoints; their config hash leaves out the lr schedule, which is
+        recorded and compared on its own (``--resume-with-new-schedule``)."""
+        training = self.training
+        config = {k: v for k, v in self.settings.items() if k not in SCHEDULE_SETTINGS}
+        return Checkpointer(self.output_dir / "checkpoints", keep_last=training.loop.keep_last,
+                            config=config,
+                            schedule=training.optim.schedule_record(training.loop.max_steps),
+                            stale=training.stale_checkpoints,
+                            new_schedule=training.resume_with_new_schedule)
 
     def train(self, adapter: AsrAdapter, objective: Objective, utterances: Sequence[Utterance],
               *, base_model: str | Path, hooks: Sequence[StepHook] = (),
@@ -275,22 +281,30 @@ class TrainingSession:
                                    world_size=env.world_size, seed=training.loop.seed)
         batches = BatchSource(utterances, sampler, load_batch)
         checkpointer = self.checkpointer()
-        self._handle_stale_checkpoint(checkpointer)
+        summary_path = self.output_dir / SUMMARY_FILE
         if env.is_main:  # it describes a completed run: an older one must not outlive a new start
-            (self.output_dir / SUMMARY_FILE).unlink(missing_ok=True)
+            summary_path.unlink(missing_ok=True)
 
         rows: list[dict[str, Any]] = []
-        result = train(model, objective, optimizer, scheduler, batches, checkpointer,
-                       training.loop, env,
-                       hooks=[lambda step, row: rows.append(row), *hooks])
+        try:
+            result = train(model, objective, optimizer, scheduler, batches, checkpointer,
+                           training.loop, env,
+                           hooks=[lambda step, row: rows.append(row), *hooks])
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err}. To resume the last checkpoint at half the learning "
+                                   f"rate:\n  {self.rerun_command(lr=training.optim.lr / 2)}"
+                                   ) from err
         exported = None
-        if training.export_dir is not None:
-            exported = save_hf_folder(model, base_model, training.export_dir, env,
-                                      trust_remote_code=self.trust_remote_code,
-                                      dtype=EXPORT_DTYPES[training.export_dtype])
-        summary = self._summary(result, rows, exported, base_model, extra_summary or {})
+        # The summary marks the run complete: an export without it would look like one.
+        with outputs_together(*((training.export_dir, summary_path) if env.is_main else ())):
+            if training.export_dir is not None:
+                exported = save_hf_folder(model, base_model, training.export_dir, env,
+                                          trust_remote_code=self.trust_remote_code,
+                                          dtype=EXPORT_DTYPES[training.export_dtype])
+            summary = self._summary(result, rows, exported, base_model, extra_summary or {})
+            if env.is_main:
+                write_json(summary_path, summary)
         if env.is_main:
-            write_json(self.output_dir / SUMMARY_FILE, summary)
             log.info("%s finished at step %d (final loss %s) in %.1f s; summary %s", self.stage,
                      summary["steps"], _fmt(summary["final_loss"]), summary["seconds"],
                      self.output_dir / SUMMARY_FILE)
@@ -323,7 +337,26 @@ class TrainingSession:
             "provenance": provenance(self.settings),
         }
 
+    def rerun_command(self, *, lr: float) -> str:
+        """The command that resumes this run's last checkpoint with peak learning rate ``lr``
+        (the same settings otherwise; the launcher as this run was started)."""
+        argv = settings_argv(self.stage_settings)
+        for flag, values in (("--lr", 1), ("--resume", 1), ("--resume-with-new-schedule", 0)):
+            while flag in argv:  # replaced below
+                index = argv.index(flag)
+                del argv[index:index + 1 + values]
+        argv += ["--lr", f"{lr:.3g}", "--resume", "auto", "--resume-with-new-schedule"]
+        launcher = "python"
+        if self.env.world_size > 1:
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", self.env.world_size))
+            nodes = self.env.world_size // max(per_node, 1)
+            launcher = (f"torchrun --nproc_per_node {per_node}"
+                        + (f" --nnodes {nodes} <your rendezvous options>" if nodes > 1 else ""))
+        return f"{launcher} -m stages.{self.stage} {shlex.join(argv)}"
+
     def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
         shutdown()
 
     def __enter__(self) -> TrainingSession:
@@ -331,6 +364,23 @@ class TrainingSession:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _lock_run_folder(output_dir: Path, env: DistEnv) -> RunLock | None:
+    """Rank 0 takes the run folder's lock; every rank learns whether it could."""
+    lock, refusal = None, None
+    if env.is_main:
+        lock = RunLock(output_dir)
+        try:
+            lock.acquire()
+        except UserError as err:
+            refusal = str(err)
+        except OSError as err:  # a read-only or full output folder
+            refusal = str(storage_error(err, path=lock.path, doing="creating the run lock"))
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise UserError(refusal)
+    return lock
 
 
 def _metric_rows(path: Path) -> list[dict[str, Any]]:
