@@ -12,6 +12,15 @@ Weights are random, so rollouts never stop and always run the full 64 tokens (th
 The tokenizer is the small demo BPE; ids past it are blocked exactly as a real checkpoint's unused
 embedding rows are, so every tensor has the full 151,936 width.
 
+After the steps, in the same run and on the same batch, the project's rollout (decoding copy,
+static cache, compiled step on CUDA) is timed next to plain transformers ``generate`` on the same
+unsharded bf16 student with its default dynamic cache and with a static cache: the ratio is the
+figure that carries across machines.
+
+Several GPUs: ``torchrun --nproc_per_node N benchmarks/bench_opd_step.py`` (--batch clips per
+GPU); rank 0 builds the models into --workdir, the others load them; every rank prints its own
+phase breakdown and rank 0 writes all of them to --json.
+
     python benchmarks/bench_opd_step.py --json opd_step.json            # real size, needs CUDA
     python benchmarks/bench_opd_step.py --small --batch 2 --steps 1     # CPU smoke check
 """
@@ -20,23 +29,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import GenerationConfig
 
 from stages.data.batching import AudioBatch, Utterance
 from stages.demo.sentences import LANGUAGES, generate_sentence
 from stages.demo.tiny import build_student, build_teacher, resolve_spec, save_dir, train_tokenizer
 from stages.models import load_adapter
 from stages.opd.config import OpdConfig
+from stages.opd.rollout import decoding_copy, rollout
 from stages.opd.step import opd_step, prepare_teacher
 from stages.opd.vocab import build_vocab_map
 from stages.train import OptimizerConfig, build_optimizer, init_distributed, shard_model
+from stages.train.distributed import barrier, gather_objects
 
 VOCAB = 151_936
 REAL_SPEC = {
@@ -82,35 +94,86 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def timed(device: torch.device, function, repeats: int) -> tuple[float, object]:
+    """(median seconds of ``repeats`` calls after one warm-up call, the last result)."""
+    function()
+    times, result = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        result = function()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def compare_rollouts(student, batch: AudioBatch, max_new_tokens: int, device: torch.device,
+                     repeats: int) -> dict:
+    """The project's rollout next to plain transformers generate (dynamic and static cache) on
+    the same unsharded student weights and batch."""
+    plain = decoding_copy(student)  # the unsharded compute-dtype copy the rollout decodes on
+    inputs = {k: v for k, v in plain.build_batch(batch.audios, batch.languages).inputs.items()
+              if k != "position_ids"}
+
+    def hf(cache):
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  eos_token_id=plain.stop_token_id,
+                                  pad_token_id=plain.pad_token_id, cache_implementation=cache)
+        with torch.no_grad():
+            return plain.model.generate(**inputs, generation_config=config)
+
+    ours, roll = timed(device, lambda: rollout(student, batch.audios, batch.languages,
+                                               max_new_tokens=max_new_tokens), repeats)
+    dynamic, _ = timed(device, lambda: hf(None), repeats)
+    static, _ = timed(device, lambda: hf("static"), repeats)
+    tokens = sum(roll.lengths)
+    return {"project_rollout_s": ours, "hf_generate_dynamic_s": dynamic,
+            "hf_generate_static_s": static, "rollout_tokens": tokens,
+            "ratio_to_static": ours / static, "ratio_to_dynamic": ours / dynamic,
+            "ms_per_token_step_static": 1000 * static / max_new_tokens}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=40)
+    p.add_argument("--batch", type=int, default=40, help="clips per rank")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--top-k", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     p.add_argument("--reshard-during-decode", action="store_true",
-                   help="re-gather the sharded student on every decoding step (old behaviour)")
+                   help="decode on the sharded model itself, re-gathering every step")
+    p.add_argument("--compare-repeats", type=int, default=3,
+                   help="timed calls of each decoder in the side-by-side (0: skip it)")
     p.add_argument("--small", action="store_true", help="tiny default sizes (CPU smoke check)")
-    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_models"),
+                   help="where rank 0 builds the models (removed at the end unless --keep)")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the built models for the next benchmark (bench_transcribe)")
+    p.add_argument("--json", type=Path, help="write the results here (rank 0)")
     args = p.parse_args()
 
     env = init_distributed()
     device = env.device
     spec = resolve_spec(SMALL_SPEC if args.small else REAL_SPEC)
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        teacher_dir, student_dir = build_models(spec, Path(tmp))
-        build_seconds = time.perf_counter() - t0
-        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        teacher = prepare_teacher(load_adapter(str(teacher_dir), device=device,
-                                               dtype=compute_dtype))
-        student = load_adapter(str(student_dir), device=device, dtype=torch.float32)
+    t0 = time.perf_counter()
+    if env.is_main and not (args.workdir / "student").is_dir():  # kept by an earlier --keep
+        build_models(spec, args.workdir)
+    barrier()
+    build_seconds = time.perf_counter() - t0
+    teacher_dir, student_dir = args.workdir / "teacher", args.workdir / "student"
+    compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    teacher = prepare_teacher(load_adapter(str(teacher_dir), device=device, dtype=compute_dtype))
+    student = load_adapter(str(student_dir), device=device, dtype=torch.float32)
+    barrier()
+    if env.is_main and not args.keep:
+        shutil.rmtree(args.workdir, ignore_errors=True)
     params = {"teacher": sum(p.numel() for p in teacher.model.parameters()),
               "student": sum(p.numel() for p in student.model.parameters())}
-    print(f"built in {build_seconds:.0f} s; parameters: teacher {params['teacher'] / 1e9:.2f} B, "
-          f"student {params['student'] / 1e9:.3f} B", file=sys.stderr)
+    if env.is_main:
+        print(f"built in {build_seconds:.0f} s; parameters: teacher "
+              f"{params['teacher'] / 1e9:.2f} B, student {params['student'] / 1e9:.3f} B; "
+              f"{env.world_size} rank(s)", file=sys.stderr)
     shard_model(student.model, env)
     student.model.train()
     optimizer = build_optimizer(student.model, OptimizerConfig(lr=1e-6, weight_decay=0.005))
@@ -137,6 +200,7 @@ def main() -> int:
         sync(device)
         end = time.perf_counter()
         row = {
+            "rank": env.rank,
             "step": step,
             "total_s": end - start,
             "rollout_s": stats["time_rollout"],
@@ -153,22 +217,32 @@ def main() -> int:
                                 if device.type == "cuda" else None),
         }
         print(json.dumps(row), file=sys.stderr)
-        if step > 0:  # step 0 warms up kernels and the allocator
+        if step > 0:  # step 0 warms up kernels, compilation and the allocator
             rows.append(row)
 
     summary = {key: statistics.median(r[key] for r in rows)
-               for key in rows[0] if key != "step" and rows[0][key] is not None}
-    result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
-        "batch": args.batch, "seconds": args.seconds, "max_new_tokens": args.max_new_tokens,
-        "top_k": args.top_k, "reshard_during_decode": args.reshard_during_decode,
-        "vocab": student.vocab_size, "parameters": params,
-        "median_of_steps": len(rows), "median": summary, "steps": rows,
-    }
-    print(json.dumps(result["median"], indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+               for key in rows[0] if key not in ("step", "rank") and rows[0][key] is not None}
+    comparison = None
+    if args.compare_repeats > 0 and not args.reshard_during_decode:
+        comparison = compare_rollouts(student, batch, args.max_new_tokens, device,
+                                      args.compare_repeats)
+        print(json.dumps({"rank": env.rank, **comparison}), file=sys.stderr)
+    per_rank = gather_objects({"rank": env.rank, "median": summary, "steps": rows,
+                               "rollout_comparison": comparison})
+    if env.is_main:
+        result = {
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "world_size": env.world_size,
+            "batch_per_rank": args.batch, "seconds": args.seconds,
+            "max_new_tokens": args.max_new_tokens, "top_k": args.top_k,
+            "reshard_during_decode": args.reshard_during_decode,
+            "vocab": student.vocab_size, "parameters": params,
+            "median_of_steps": len(rows), "median": summary, "rollout_comparison": comparison,
+            "ranks": per_rank,
+        }
+        print(json.dumps({"median": summary, "rollout_comparison": comparison}, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 

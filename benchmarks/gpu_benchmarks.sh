@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # The GPU measurements the README records, in one go (an H100 or H200, one GPU):
-#   loss       union_topk_kl forward+backward at the reference size, fp32 and bf16 inputs
-#   opd_step   one real-size OPD step with random weights (phases, tokens/s, peak memory),
-#              the student kept gathered for the rollout (default) and re-gathered per token
-#   td         teacher transcription throughput of a Qwen3-ASR-1.7B-size teacher
-# Results go to $RESULTS (default results/gpu) as JSON, with a log per benchmark.
-#   benchmarks/gpu_benchmarks.sh [loss] [opd_step] [td]      (default: all three)
+#   loss        union_topk_kl forward+backward at the reference size, fp32 and bf16 inputs
+#   opd_step    one real-size OPD step with random weights (phases, tokens/s, peak memory), and
+#               the project's rollout next to transformers generate (dynamic, static cache)
+#   transcribe  teacher-data and evaluation throughput (1.7B-size teacher, 0.6B-size student)
+# Results go to $RESULTS (default results/gpu) as JSON, with a log per benchmark. The OPD step
+# and transcription share the built models (/tmp/bench_models).
+#   benchmarks/gpu_benchmarks.sh [loss] [opd_step] [transcribe]      (default: all three)
+# Two GPUs of one host: torchrun --nproc_per_node 2 benchmarks/bench_opd_step.py --json F
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu}
 PY=${PY:-python3}
 mkdir -p "$RESULTS"
 which=("$@")
-[ ${#which[@]} -eq 0 ] && which=(loss opd_step td)
+[ ${#which[@]} -eq 0 ] && which=(loss opd_step transcribe)
 status=0
 run() {  # name, command...
   local name=$1; shift
@@ -26,10 +28,9 @@ for item in "${which[@]}"; do
       run loss_fp32 $PY -m benchmarks.bench_loss --device cuda --json "$RESULTS/loss_fp32.json"
       run loss_bf16 $PY -m benchmarks.bench_loss --device cuda --dtype bfloat16 --json "$RESULTS/loss_bf16.json" ;;
     opd_step)
-      run opd_step $PY benchmarks/bench_opd_step.py --json "$RESULTS/opd_step.json"
-      run opd_step_reshard $PY benchmarks/bench_opd_step.py --reshard-during-decode --steps 2 --json "$RESULTS/opd_step_reshard.json" ;;
-    td)
-      run td $PY -m benchmarks.bench_teacher_data --device cuda --dtype bfloat16 --batch-sizes 16 40 64 --batches 3 --max-new-tokens 64 --json "$RESULTS/td.json" ;;
+      run opd_step $PY benchmarks/bench_opd_step.py --keep --json "$RESULTS/opd_step.json" ;;
+    transcribe)
+      run transcribe $PY -m benchmarks.bench_transcribe --batch-sizes 64 128 --compare --json "$RESULTS/transcribe.json" ;;
     *) echo "unknown benchmark $item"; exit 2 ;;
   esac
 done

@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from short_run import batch_of, synthesize_corpus  # a script: tests/ is on sys.path
 
 from stages.models import load_adapter
 from stages.opd.config import OpdConfig
-from stages.opd.rollout import default_synced_gpus
+from stages.opd.rollout import decoding_copy, default_synced_gpus
 from stages.opd.step import opd_forward, prepare_teacher
 from stages.opd.vocab import build_vocab_map
 from stages.train import init_distributed, shard_model, shutdown
-from tests.short_run import batch_of, synthesize_corpus
 
 
 class RolloutStopBias:
@@ -75,28 +76,35 @@ def main(argv=None) -> int:
     for adapter in (sharded, reference):
         RolloutStopBias(adapter, bias)
     shard_model(sharded.model, env)
-    counter = ForwardCounter(sharded.model)
+    sharded_forwards = ForwardCounter(sharded.model)
+    # The default rollout decodes on the student's plain copy: bias and count it there.
+    copy = decoding_copy(sharded)
+    RolloutStopBias(copy, bias)
+    copy_forwards = ForwardCounter(copy.model)
 
     out = opd_forward(sharded, teacher, vocab_map, batch, cfg)
     out.loss_sum.backward()
     grads_finite = all(bool(torch.isfinite(p.grad.full_tensor()).all())
                        for p in sharded.model.parameters() if p.grad is not None)
-    rollout_forwards = counter.calls
     ref = opd_forward(reference, teacher, vocab_map, batch, cfg, synced_gpus=False)
 
+    # The sharded model decoding itself: every rank runs the same number of forwards.
+    resharded = opd_forward(sharded, teacher, vocab_map, batch,
+                            replace(cfg, reshard_during_decode=True))
+
     sharded.model.zero_grad(set_to_none=True)
-    counter.calls = 0
-    empty = opd_forward(sharded, teacher, vocab_map, batch,
-                        OpdConfig(top_k=8, max_new_tokens=args.max_new_tokens,
-                                  keep_stop_token=False))
+    empty = opd_forward(sharded, teacher, vocab_map, batch, replace(cfg, keep_stop_token=False))
     empty.loss_sum.backward()
     result = {
         "rank": rank, "world_size": env.world_size, "synced_default": default_synced_gpus(),
         "responses": out.rollout.responses, "reference_responses": ref.rollout.responses,
+        "resharded_responses": resharded.rollout.responses,
         "loss_sum": float(out.loss_sum.detach()),
         "reference_loss_sum": float(ref.loss_sum.detach()),
+        "resharded_loss_sum": float(resharded.loss_sum),
         "positions": out.positions, "reference_positions": ref.positions,
-        "rollout_forwards": rollout_forwards, "second_rollout_forwards": counter.calls,
+        "copy_forwards": copy_forwards.calls,
+        "sharded_rollout_forwards": sharded_forwards.calls,
         "grads_finite": grads_finite,
         "empty_positions": empty.positions, "empty_loss_sum": float(empty.loss_sum.detach()),
         "empty_grads": sum(p.grad is not None for p in sharded.model.parameters()),

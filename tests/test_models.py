@@ -281,6 +281,23 @@ def test_response_encoding_round_trips(adapter):
 
 # ---- adapters: decoding and scoring -------------------------------------------------------------
 
+def test_recorded_logprobs_equal_the_log_softmax_of_the_generation_logits(adapter, clips):
+    """output_logprobs keeps one step's logits at a time yet gives what the full logits give."""
+    languages = ["zh", None, "en", "de"]
+    with LogitBias(adapter, adapter.stop_token_id, 1e4, rows=[1]):
+        responses, logits = adapter.generate(clips, languages, max_new_tokens=6,
+                                             output_logits=True)
+        again, logprobs = adapter.generate(clips, languages, max_new_tokens=6,
+                                           output_logprobs=True)
+    assert again == responses and [len(v) for v in logprobs] == [len(r) for r in responses]
+    for row, response in enumerate(responses):
+        masked = logits[row, :len(response)].index_fill(-1, adapter.blocked_token_ids,
+                                                        float("-inf"))
+        expected = torch.log_softmax(masked, -1).gather(
+            -1, torch.tensor(response)[:, None]).squeeze(-1)
+        torch.testing.assert_close(torch.tensor(logprobs[row]), expected, atol=1e-5, rtol=0)
+
+
 def test_teacher_forced_logits_equal_generation_logits(adapter, clips):
     languages = ["zh", None, "en", "de"]
     # Row 1 is pushed to stop at once, so the batch holds ragged responses.

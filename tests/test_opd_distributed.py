@@ -1,7 +1,8 @@
-"""The OPD step on two CPU ranks (gloo) with an FSDP2-sharded student: decoding stays in
-lock-step when one rank's rows stop at once and the other's never do, results equal an unsharded
-reference, and a rank with nothing to learn still joins backward. Runs tests/opd_driver.py under
-torchrun. (Without ``synced_gpus`` the ranks' per-layer all-gathers mismatch and gloo aborts.)"""
+"""The OPD step on two CPU ranks (gloo) with an FSDP2-sharded student, one rank's rows stopping
+at once and the other's never: on the decoding copy each rank stops on its own; the sharded model
+decoding itself stays in lock-step (without ``synced_gpus`` its per-layer all-gathers would
+mismatch and gloo abort); both equal an unsharded reference; a rank with nothing to learn still
+joins backward. Runs tests/opd_driver.py under torchrun."""
 
 from __future__ import annotations
 
@@ -26,16 +27,21 @@ def results(opd_models_dir, tmp_path_factory):
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 
 
-def test_ranks_decode_in_lock_step_and_match_the_unsharded_reference(results):
+def test_ranks_decode_on_their_own_and_match_the_unsharded_reference(results):
     early, late = results
     assert early["world_size"] == 2 and early["synced_default"] and late["synced_default"]
     stop_only = [[r[-1]] for r in early["responses"]]
     assert early["responses"] == stop_only  # rank 0 stopped at once ...
     assert all(len(r) == MAX_NEW_TOKENS for r in late["responses"])  # ... rank 1 never did
-    # ... and both ran one prefill plus MAX_NEW_TOKENS - 1 decoding forwards, twice.
+    # On the copies each rank decoded only as long as its own rows needed, twice (the step and
+    # the keep_stop_token=False step): one prefill, then a forward per further token.
+    assert early["copy_forwards"] == 2 * 1 and late["copy_forwards"] == 2 * MAX_NEW_TOKENS
+    # The sharded model decoding itself: lock-step, MAX_NEW_TOKENS forwards on both ranks
+    # (rank 0's rows long finished).
+    assert early["sharded_rollout_forwards"] == late["sharded_rollout_forwards"] == MAX_NEW_TOKENS
     for rank in results:
-        assert rank["rollout_forwards"] == rank["second_rollout_forwards"] == MAX_NEW_TOKENS
-        assert rank["responses"] == rank["reference_responses"]
+        assert rank["responses"] == rank["reference_responses"] == rank["resharded_responses"]
+        assert rank["resharded_loss_sum"] == pytest.approx(rank["loss_sum"], rel=1e-5, abs=1e-6)
         assert rank["positions"] == rank["reference_positions"] > 0
         assert rank["loss_sum"] == pytest.approx(rank["reference_loss_sum"], rel=1e-5, abs=1e-6)
         assert rank["grads_finite"]

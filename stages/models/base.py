@@ -15,6 +15,7 @@ Nothing here assumes a vocabulary size or a special-token id: all come from the 
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 import re
@@ -26,6 +27,7 @@ import jinja2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -97,14 +99,20 @@ class PromptBatch:
 
 
 class BlockTokens(LogitsProcessor):
-    """Give blocked ids a logit of -inf so they can never be chosen."""
+    """Give blocked ids a logit of -inf so they can never be chosen.
+
+    The index lives on the scores' device after the first step: a real checkpoint blocks
+    ~150,000 padded rows, and copying that index to the GPU at every step is a synchronising
+    transfer that stalls the decoding loop."""
 
     def __init__(self, blocked: torch.Tensor) -> None:
         self.blocked = blocked
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        blocked = self.blocked.to(scores.device)
-        return scores.index_fill(-1, blocked, float("-inf"))
+        if self.blocked.device != scores.device:
+            self.blocked = self.blocked.to(scores.device)
+        # Not in place: with output_logits generate keeps this very tensor as the raw logits.
+        return scores.index_fill(-1, self.blocked, float("-inf"))
 
 
 class GumbelSample(LogitsProcessor):
@@ -124,6 +132,33 @@ class GumbelSample(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         noise = torch.empty_like(scores, dtype=torch.float32).exponential_(generator=self.generator)
         return scores.float() / self.temperature - noise.log()
+
+
+class ChosenLogprobs(LogitsProcessor):
+    """Record the log-probability of each chosen token under the decoding distribution (the
+    scores it receives, blocked ids already at -inf), without keeping every step's logits:
+    at each step the previous step's log-softmax is read at the token just appended, and only the
+    latest one is kept (one [B, V] fp32 tensor, instead of [B, T, V])."""
+
+    def __init__(self) -> None:
+        self.previous: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self._record(input_ids[:, -1])
+        self.previous = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def _record(self, chosen: torch.Tensor) -> None:
+        if self.previous is not None:
+            self.steps.append(self.previous.gather(-1, chosen[:, None].to(
+                self.previous.device)).squeeze(-1))
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        """[B, T] log-probs of the generated tokens, given the last chosen token of each row."""
+        self._record(last_tokens)
+        self.previous = None
+        return torch.stack(self.steps, dim=1)
 
 
 def collate_audio(per_clip: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -183,6 +218,9 @@ class AsrAdapter:
         self.pad_token_id = self._resolve_pad_token()
         self.blocked_token_ids = self._blocked_ids()
         self._prompt_cache: dict[str | None, str] = {}
+        # The last batch's clip encodings, shared with with_model() views (a decoding copy
+        # decodes the batch the trained model then scores).
+        self._encoded: dict[str, tuple[list, list, list]] = {}
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -193,6 +231,13 @@ class AsrAdapter:
         model, processor = load_model_and_processor(
             path_or_id, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
         return cls(model, processor, **options)
+
+    def with_model(self, model) -> AsrAdapter:
+        """This adapter (processor, token sets, prompts) on another model of the same
+        architecture, e.g. a decoding copy of a sharded one."""
+        view = copy.copy(self)
+        view.model = model
+        return view
 
     @property
     def _name(self) -> str:
@@ -363,14 +408,30 @@ class AsrAdapter:
         audio = np.asarray(audio, dtype=np.float32)
         if audio.ndim != 1 or audio.size == 0:
             raise ValueError(f"expected a non-empty mono clip, got shape {audio.shape}")
+        # On CUDA the log-mel features are computed there too (transformers' torch STFT; equal
+        # to the CPU ones within 1e-5): on the CPU they cost more than a decoding step.
+        extra = {"device": str(self.device)} if self.device.type == "cuda" else {}
         out = self.processor(text=[self._prompt_text(audio, language)], audio=[audio],
-                             return_tensors="pt")
+                             return_tensors="pt", **extra)
         keep = out["attention_mask"][0].bool() if "attention_mask" in out else slice(None)
         prompt = out["input_ids"][0][keep].tolist()
         unused = set(getattr(self.processor, "unused_input_names", None) or ())
         audio_inputs = {k: v for k, v in out.items()
                         if k not in _TEXT_KEYS and k not in unused and torch.is_tensor(v)}
         return prompt, audio_inputs
+
+    def _encode_clips(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+                      ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+        """Each clip's prompt ids and audio inputs; the last batch's are reused when the same
+        clip objects come again with the same languages (an OPD step decodes, then scores the
+        batch). The cache holds the clips themselves, so identity cannot be a stale match."""
+        last = self._encoded.get("last")
+        if (last is not None and len(last[0]) == len(audios) and list(last[1]) == list(languages)
+                and all(a is b for a, b in zip(last[0], audios, strict=True))):
+            return last[2]
+        encoded = [self._encode_clip(a, lang) for a, lang in zip(audios, languages, strict=True)]
+        self._encoded["last"] = (list(audios), list(languages), encoded)
+        return encoded
 
     def build_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
                     responses: Sequence[Sequence[int]] | None = None) -> PromptBatch:
@@ -379,7 +440,7 @@ class AsrAdapter:
             raise ValueError(f"{len(audios)} clips but {len(languages)} languages")
         if responses is not None and len(responses) != len(audios):
             raise ValueError(f"{len(audios)} clips but {len(responses)} responses")
-        encoded = [self._encode_clip(a, lang) for a, lang in zip(audios, languages, strict=True)]
+        encoded = self._encode_clips(audios, languages)
         prompts = [p for p, _ in encoded]
         responses = [list(r) for r in responses] if responses is not None else [[]] * len(prompts)
         for row, response in enumerate(responses):
@@ -424,37 +485,55 @@ class AsrAdapter:
             self.model.generation_config = saved
             self.model.train(training)
 
+    def _static_cache(self) -> bool:
+        """Decode with a static KV cache (and so transformers' compiled step): on CUDA, for a
+        model that is not sharded. On the CPU the dynamic cache is as fast (measured on the
+        demo models) and needs no compilation."""
+        return self.device.type == "cuda" and not isinstance(self.model, FSDPModule)
+
     @torch.no_grad()
     def generate(self, audios: Sequence[np.ndarray], languages: Sequence[str | None], *,
                  max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0,
                  synced_gpus: bool = False, generator: torch.Generator | None = None,
-                 output_logits: bool = False):
+                 output_logits: bool = False, output_logprobs: bool = False):
         """Batched decoding; each row's response ids up to and including the stop token.
 
         Any of ``stop_token_ids`` ends a row. Rows that never stop end after ``max_new_tokens``
         ids without one. Blocked ids get -inf
         logits. ``do_sample`` draws from softmax(logits / temperature) with ``generator`` (on the
         model's device). Under FSDP pass ``synced_gpus=True`` so all ranks step together.
-        With ``output_logits`` also returns the raw logits [B, T, V] (fp32) that chose each id.
+        With ``output_logits`` also returns the raw logits [B, T, V] (fp32) that chose each id;
+        with ``output_logprobs`` the log-probability of each response id under the decoding
+        distribution (blocked ids excluded), a list per row (memory: one step's logits).
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         batch = self.build_batch(audios, languages)
+        if self.blocked_token_ids.device != self.device:  # moved once, not at every step
+            self.blocked_token_ids = self.blocked_token_ids.to(self.device)
         processors = LogitsProcessorList([BlockTokens(self.blocked_token_ids)])
+        recorder = ChosenLogprobs() if output_logprobs else None
+        if recorder is not None:
+            processors.append(recorder)
         if do_sample:
             processors.append(GumbelSample(temperature, generator))
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=list(self.stop_token_ids), pad_token_id=self.pad_token_id,
-            return_dict_in_generate=True, output_logits=output_logits)
+            return_dict_in_generate=True, output_logits=output_logits,
+            cache_implementation="static" if self._static_cache() else None)
         inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
         with self._decoding_mode():
             out = self.model.generate(**inputs, generation_config=config,
                                       logits_processor=processors, synced_gpus=synced_gpus)
-        new = out.sequences[:, batch.prompt_length:].tolist()
-        responses = [self.cut_at_stop(row)[0] for row in new]
+        new = out.sequences[:, batch.prompt_length:]
+        responses = [self.cut_at_stop(row)[0] for row in new.tolist()]
         if output_logits:
             return responses, torch.stack(out.logits, dim=1).float()
+        if recorder is not None:
+            logprobs = recorder.finish(new[:, -1]).cpu()
+            return responses, [logprobs[row, :len(r)].tolist()
+                               for row, r in enumerate(responses)]
         return responses
 
     # ---- scoring --------------------------------------------------------------------------------

@@ -23,16 +23,15 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from stages.common.errors import UserError
 from stages.common.settings import setting
-from stages.data.batching import Utterance, duration_sorted_batches, load_batch
+from stages.data.batching import AudioBatch, Utterance, duration_sorted_batches, load_batch
 from stages.models.base import AsrAdapter
 
 log = logging.getLogger(__name__)
@@ -95,28 +94,37 @@ def prompt_languages(adapter: AsrAdapter, utterances: Sequence[Utterance],
             else None for u in utterances]
 
 
-def token_logprobs(logits: torch.Tensor, ids: Sequence[int], blocked: torch.Tensor
-                   ) -> torch.Tensor:
-    """Log-probabilities (fp32) of ``ids`` under the decoding distribution: the logits [n, V]
-    with the blocked ids at -inf, as ``generate`` chose from them."""
-    logits = logits.float().index_fill(-1, blocked.to(logits.device), float("-inf"))
-    index = torch.tensor(list(ids), dtype=torch.long, device=logits.device).unsqueeze(-1)
-    return F.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1)
-
-
 def _describe(err: BaseException) -> str:
     text = str(err).strip() or "(no message)"
     return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}"
 
 
+def prefetched(batches: Sequence[Sequence[Utterance]]
+               ) -> Iterator[tuple[Sequence[Utterance], Callable[[], AudioBatch]]]:
+    """Each batch with a loader for its audio, read in a background thread while the previous
+    batch decodes (file reading and resampling stay off the decoder's critical path). A loading
+    error surfaces when its loader is called."""
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prefetch") as pool:
+        pending = pool.submit(load_batch, batches[0])
+        for index, group in enumerate(batches):
+            current = pending
+            if index + 1 < len(batches):
+                pending = pool.submit(load_batch, batches[index + 1])
+            yield group, current.result
+
+
 def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tokens: int,
-            language_hint: bool, logprobs: bool) -> list[Transcript]:
-    batch = load_batch(utterances)
+            language_hint: bool, logprobs: bool,
+            loader: Callable[[], AudioBatch] | None) -> list[Transcript]:
+    batch = loader() if loader is not None else load_batch(utterances)
     languages = prompt_languages(adapter, utterances, language_hint)
-    logits = None
+    token_logprobs = None
     if logprobs:
-        responses, logits = adapter.generate(batch.audios, languages,
-                                             max_new_tokens=max_new_tokens, output_logits=True)
+        responses, token_logprobs = adapter.generate(batch.audios, languages,
+                                                     max_new_tokens=max_new_tokens,
+                                                     output_logprobs=True)
     else:
         responses = adapter.generate(batch.audios, languages, max_new_tokens=max_new_tokens)
     if len(responses) != len(utterances):
@@ -127,10 +135,9 @@ def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tok
         stopped = bool(response) and response[-1] in adapter.stop_token_ids
         body = response[:-1] if stopped else response
         mean = None
-        if logits is not None:
-            values = token_logprobs(logits[row, :len(response)], response,
-                                    adapter.blocked_token_ids)
-            mean = float(values.mean()) if response else -math.inf
+        if token_logprobs is not None:
+            values = token_logprobs[row]
+            mean = math.fsum(values) / len(values) if values else -math.inf
         transcripts.append(Transcript(
             utterance=utt, text=adapter.decode_response(response),
             raw_text=adapter.tokenizer.decode(body, skip_special_tokens=False),
@@ -140,13 +147,14 @@ def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tok
 
 
 def transcribe_batch(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
-                     max_new_tokens: int, language_hint: bool = True,
-                     logprobs: bool = False) -> list[Transcript]:
-    """Load and decode one batch; any failure becomes a :class:`DecodeError` naming its ids."""
+                     max_new_tokens: int, language_hint: bool = True, logprobs: bool = False,
+                     loader: Callable[[], AudioBatch] | None = None) -> list[Transcript]:
+    """Load (``loader``, e.g. from :func:`prefetched`; default: now) and decode one batch; any
+    failure becomes a :class:`DecodeError` naming its ids."""
     ids = [u.id for u in utterances]
     try:
         return _decode(adapter, utterances, max_new_tokens=max_new_tokens,
-                       language_hint=language_hint, logprobs=logprobs)
+                       language_hint=language_hint, logprobs=logprobs, loader=loader)
     except Exception as err:
         message = (f"decoding failed for the batch of utterances {', '.join(ids)}: "
                    f"{_describe(err)}.")
@@ -176,9 +184,10 @@ def transcribe(adapter: AsrAdapter, utterances: Sequence[Utterance], *, batch_si
                disable=not progress, mininterval=2, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        for batch in duration_sorted_batches(utterances, batch_size):
+        for batch, loader in prefetched(list(duration_sorted_batches(utterances, batch_size))):
             for transcript in transcribe_batch(adapter, batch, max_new_tokens=max_new_tokens,
-                                               language_hint=language_hint, logprobs=logprobs):
+                                               language_hint=language_hint, logprobs=logprobs,
+                                               loader=loader):
                 by_id[transcript.utterance.id] = transcript
             batches += 1
             bar.update(len(batch))

@@ -26,27 +26,34 @@ predicts response id j):
   the OPD step hands the teacher only what follows it, under a prompt that names the header's
   language (stages/opd/step.py). ``headers`` holds each row's header length (0: none).
 
-Under FSDP every rank must run the same number of forward passes, or the per-layer all-gathers
-deadlock. transformers' ``generate(synced_gpus=True)`` guarantees it: every step all-reduces a
-"this rank is done" flag, a rank whose rows have all stopped keeps calling ``forward`` (on its
-last token, discarding the output) until every rank is done, and the loop ends on the same step
-everywhere, at the latest after ``max_new_tokens`` steps (the length limit is per rank but the
-same number everywhere). A finished rank's output is unchanged by the extra steps. ``synced_gpus``
-is therefore needed exactly when more than one process shares a sharded model; ``None`` (the
-default here) turns it on when a process group of more than one rank is initialized.
+Decoding a sharded student. By default the rollout runs on a *decoding copy*
+(:class:`DecodingCopy`): a plain, unsharded model of the student's architecture in the compute
+dtype (bf16 on CUDA), whose weights are refreshed from the trained ones before every rollout
+(one all-gather per parameter, all ranks together). On the copy, decoding is what it is for any
+model that is not being trained: no FSDP hooks on each of its forwards, a static KV cache and a
+compiled step on CUDA (``AsrAdapter.generate``), and no synchronisation between ranks -- each
+rank stops as soon as its own rows have stopped. It costs one compute-dtype copy of the student
+per rank (1.2 GB for a 0.6 B student in bf16), what keeping the sharded model gathered costs.
+
+With ``reshard_during_decode`` the sharded model decodes itself instead, re-gathering its
+parameters on every step (least memory, slowest). Then every rank must run the same number of
+forward passes, or the per-layer all-gathers deadlock: ``generate(synced_gpus=True)`` guarantees
+it (every step all-reduces a "this rank is done" flag, a finished rank keeps calling ``forward``
+until every rank is done, and the output of a finished rank is unchanged by the extra steps).
+``synced_gpus`` None turns it on when a process group of more than one rank is initialized and
+the sharded model decodes.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from stages.models.base import AsrAdapter
 
@@ -159,21 +166,60 @@ def default_synced_gpus() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-@contextlib.contextmanager
-def gathered(model: nn.Module) -> Iterator[None]:
-    """Keep an FSDP2 model's parameters gathered between forwards, then free them (no-op for a
-    model that is not sharded)."""
-    if not isinstance(model, FSDPModule):
-        yield
-        return
-    model.set_reshard_after_forward(False)  # recurses into every sharded block
-    try:
-        yield
-    finally:
-        model.set_reshard_after_forward(True)
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
+class DecodingCopy:
+    """A plain copy of an FSDP2-sharded student for decoding (see the module docstring).
+
+    Built once from the sharded model's architecture (its class without FSDP, from its config),
+    in ``dtype`` on the student's device; :meth:`refresh` copies the current weights in (a
+    collective: every rank calls it). :attr:`adapter` is the student's adapter on the copy.
+    """
+
+    def __init__(self, student: AsrAdapter, dtype: torch.dtype) -> None:
+        model = student.model
+        plain = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+        with torch.device(student.device):
+            copy = plain(model.config)
+        for param in copy.parameters():  # buffers (rotary tables) keep their dtype, as in FSDP
+            param.data = param.data.to(dtype)
+        self.model = copy.eval().requires_grad_(False)
+        self.model.generation_config = model.generation_config
+        self.adapter = student.with_model(self.model)
+        self._student = model
+        self._buffers = dict(model.named_buffers())
+
+    @torch.no_grad()
+    def refresh(self) -> AsrAdapter:
+        """Copy the student's current weights in; returns :attr:`adapter`. The sharded model is
+        unsharded group by group (FSDP's own all-gathers, one per block, in its compute dtype)
+        rather than parameter by parameter."""
+        groups = [m for m in self._student.modules() if isinstance(m, FSDPModule)]
+        for group in groups:
+            group.unshard()
+        try:
+            sources = dict(self._student.named_parameters())
+            for name, target in self.model.named_parameters():
+                source = sources[name]
+                target.copy_(source.full_tensor() if isinstance(source, DTensor) else source)
+        finally:
+            for group in groups:
+                group.reshard()
+        for name, target in self.model.named_buffers():
+            if name in self._buffers:
+                target.copy_(self._buffers[name])
+        return self.adapter
+
+
+def decoding_copy(student: AsrAdapter) -> AsrAdapter:
+    """The student's adapter on its refreshed decoding copy (built on first use and kept on the
+    adapter); the student itself when its model is not sharded."""
+    if not isinstance(student.model, FSDPModule):
+        return student
+    copy = getattr(student, "_decoding_copy", None)
+    if copy is None:
+        dtype = torch.bfloat16 if student.device.type == "cuda" else torch.float32
+        copy = DecodingCopy(student, dtype)
+        student._decoding_copy = copy
+    return copy.refresh()
 
 
 def rollout(student: AsrAdapter, audios: Sequence[np.ndarray], languages: Sequence[str | None],
@@ -184,15 +230,18 @@ def rollout(student: AsrAdapter, audios: Sequence[np.ndarray], languages: Sequen
 
     ``languages`` go to the student's prompt (families without a language prompt ignore them).
     ``do_sample`` draws with ``temperature`` from ``generator`` (on the student's device; seed it
-    per rank and step for reproducible rollouts). ``synced_gpus``: see the module docstring;
-    None = on when several ranks are running. ``reshard_during_decode``: see the module docstring.
+    per rank and step for reproducible rollouts). A sharded student decodes on its decoding copy,
+    or with ``reshard_during_decode`` itself (``synced_gpus`` None: on when several ranks run);
+    see the module docstring.
     """
-    if synced_gpus is None:
-        synced_gpus = default_synced_gpus()
-    keep = contextlib.nullcontext() if reshard_during_decode else gathered(student.model)
-    with keep:
-        raw = student.generate(audios, languages, max_new_tokens=max_new_tokens,
-                               do_sample=do_sample, temperature=temperature,
-                               synced_gpus=synced_gpus, generator=generator)
+    if reshard_during_decode:
+        decoder = student
+        if synced_gpus is None:
+            synced_gpus = default_synced_gpus()
+    else:
+        decoder, synced_gpus = decoding_copy(student), False
+    raw = decoder.generate(audios, languages, max_new_tokens=max_new_tokens,
+                           do_sample=do_sample, temperature=temperature,
+                           synced_gpus=synced_gpus, generator=generator)
     cleaned = clean_responses(raw, student.stop_token_ids, keep_stop_token=keep_stop_token)
     return with_student_headers(cleaned, student, languages)

@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from stages.common.errors import UserError
 from stages.common.jsonl import dumps_row
-from stages.data.batching import Utterance, duration_sorted_batches
+from stages.data.batching import AudioBatch, Utterance, duration_sorted_batches
 from stages.models.base import AsrAdapter
-from stages.models.transcribe import DecodeError, transcribe_batch
+from stages.models.transcribe import DecodeError, prefetched, transcribe_batch
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,8 @@ class PartialLog:
 # ---- transcription -----------------------------------------------------------------------------
 
 def transcribe_records(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
-                       max_new_tokens: int) -> list[dict[str, Any]]:
+                       max_new_tokens: int, loader: Callable[[], AudioBatch] | None = None
+                       ) -> list[dict[str, Any]]:
     """Greedy teacher transcripts of one batch: one raw record per clip (see RECORD_FIELDS).
 
     A manifest language is forced into the prompt (Qwen3-ASR's ``language X<asr_text>``
@@ -167,7 +168,8 @@ def transcribe_records(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
     The mean log-prob covers every generated token: header (when generated), text and stop.
     """
     records = []
-    for t in transcribe_batch(adapter, utterances, max_new_tokens=max_new_tokens, logprobs=True):
+    for t in transcribe_batch(adapter, utterances, max_new_tokens=max_new_tokens, logprobs=True,
+                              loader=loader):
         utt = t.utterance
         if utt.language is not None:
             language, source = utt.language, "manifest"
@@ -243,9 +245,10 @@ def transcribe_shard(adapter_factory, batches: Sequence[Sequence[Utterance]],
                disable=not progress, mininterval=5, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        for batch in todo:
+        for batch, loader in prefetched(todo):
             try:
-                new = transcribe_records(adapter, batch, max_new_tokens=max_new_tokens)
+                new = transcribe_records(adapter, batch, max_new_tokens=max_new_tokens,
+                                         loader=loader)
             except DecodeError as err:
                 raise UserError(
                     f"teacher {err} Finished batches are kept in {partial.path}; fix the cause "
