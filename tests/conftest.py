@@ -35,6 +35,20 @@ def venv_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def env():
+    """A world of one CPU process (gloo) for a module; left as found afterwards."""
+    import torch.distributed as dist
+
+    from stages.train import init_distributed, shutdown
+
+    created = not dist.is_initialized()
+    env = init_distributed("cpu")
+    yield env
+    if created:
+        shutdown()
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
     tiny tensors gain nothing from threads, and on a shared 2-core box they only wait. Results

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from train_driver import run, tiny_model
@@ -33,27 +32,16 @@ from stages.train import (
     build_optimizer,
     build_scheduler,
     combine_rank_stats,
-    init_distributed,
     latest_checkpoint,
     list_checkpoints,
     load_model_weights,
     lr_factor,
     shard_model,
-    shutdown,
 )
 from stages.train.checkpoint import TrainState
 from stages.train.fsdp import shard_targets
 from stages.train.metrics import accumulate
 from stages.train.optim import split_decay
-
-
-@pytest.fixture(scope="module")
-def env():
-    created = not dist.is_initialized()
-    env = init_distributed("cpu")
-    yield env
-    if created:
-        shutdown()
 
 
 def read_rows(path):

@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch.distributed as dist
 from train_driver import run
 
 from stages.common.errors import UserError
-from stages.train import init_distributed, list_checkpoints, shutdown
+from stages.train import list_checkpoints
 from stages.train.checkpoint import verify_checkpoint
 from stages.train.checkpoint_export import resolve_checkpoint
 from stages.train.optim import OptimSettings, lr_factor
@@ -29,15 +28,6 @@ from tests.helpers import hold_run_lock, metric_rows
 
 STEP = "step_{:08d}".format
 DETERMINISTIC = ("loss", "grad_norm", "lr", "id_total", "units", "optimizer_step")
-
-
-@pytest.fixture(scope="module")
-def env():
-    created = not dist.is_initialized()
-    env = init_distributed("cpu")
-    yield env
-    if created:
-        shutdown()
 
 
 @pytest.fixture(scope="module")
