@@ -38,12 +38,11 @@ from pathlib import Path
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
-from stages.common.fsutil import outputs_together
+from stages.common.fsutil import file_sha256, outputs_together
 from stages.common.jsonl import atomic_writer, read_json, read_jsonl, write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.data.batching import read_utterances
 from stages.td.merge import check_reports, gather, merged_report
-from stages.td.shards import file_sha256
 from stages.td.summary import render_markdown
 
 log = logging.getLogger("stages.td_merge")

@@ -71,7 +71,7 @@ from pathlib import Path
 
 from stages.common.cli import parser, run_stage
 from stages.common.errors import UserError
-from stages.common.fsutil import outputs_together
+from stages.common.fsutil import file_sha256, fingerprint, outputs_together
 from stages.common.jsonl import write_json, write_jsonl
 from stages.common.provenance import provenance
 from stages.common.runtime import (
@@ -88,8 +88,6 @@ from stages.models.transcribe import Decoding
 from stages.td.filters import Candidate, FilterSettings, judge
 from stages.td.shards import (
     PartialLog,
-    file_sha256,
-    model_fingerprint,
     shard_batches,
     teacher_row,
     transcribe_shard,
@@ -161,7 +159,7 @@ def main(args: argparse.Namespace) -> int:
                   "dtype": dtype_name(dtype), "device_type": device.type}
     header = {"pool_sha256": file_sha256(args.input), "shard": args.shard,
               "num_shards": args.num_shards, "teacher": str(args.teacher),
-              "teacher_fingerprint": model_fingerprint(args.teacher), "family": family,
+              "teacher_fingerprint": fingerprint(args.teacher), "family": family,
               **generation}
     log.info("shard %d of %d: %d clips in %d batches (pool: %d clips)", args.shard,
              args.num_shards, len(utterances), len(batches), len(pool))

@@ -127,3 +127,18 @@ def file_sha256(path: str | Path) -> str:
     """The SHA-256 of a file's bytes (hex)."""
     with open(path, "rb") as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def fingerprint(path: str | Path) -> str:
+    """A short hash of a file's or folder's (relative name, size, mtime) entries; a hub id (no
+    such path) fingerprints as its name. Cheap, and changes when an upstream stage rewrites it."""
+    path = Path(path)
+    if not path.exists():
+        return f"id:{path}"
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        name = file.name if file == path else str(file.relative_to(path))
+        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -34,6 +34,7 @@ from stages.common.settings import setting
 from stages.data.batching import Utterance, load_batch
 from stages.models.base import AsrAdapter
 from stages.opd.config import OpdConfig
+from stages.opd.identity import checked_settings, settings_fingerprint, weights_fingerprint
 from stages.opd.step import opd_step
 from stages.opd.vocab import VocabMap, build_vocab_map
 from stages.train.data import ResumableSampler
@@ -295,8 +296,6 @@ def publish_report(report: dict[str, Any], output: Path) -> None:
 def model_record(path_or_id: str, adapter: AsrAdapter) -> dict[str, Any]:
     """Who a calibrated model was: as given, resolved to an absolute path, its adapter, and a
     fingerprint of its weights (what :func:`require_calibration` compares)."""
-    from stages.opd.identity import weights_fingerprint
-
     path = Path(path_or_id)
     return {"path": str(path_or_id),
             "resolved": str(path.resolve()) if path.exists() else str(path_or_id),
@@ -314,12 +313,6 @@ def require_calibration(path: Path, student: str, teacher: str,
                         opd: OpdConfig | None = None) -> dict[str, Any]:
     """The calibration report, if it passed for these student and teacher weights and (when
     ``opd`` is given) these OPD step settings; else a UserError that says what changed."""
-    from stages.opd.identity import (
-        checked_settings,
-        settings_fingerprint,
-        weights_fingerprint,
-    )
-
     if not path.is_file():
         failed = path.with_name(f"{path.stem}.failed.json")
         hint = (f"; {failed} exists: calibration ran and failed, read its `checks`"

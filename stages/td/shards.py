@@ -24,7 +24,6 @@ resume tests use it to interrupt a run at a known point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -62,27 +61,6 @@ def shard_batches(utterances: Sequence[Utterance], batch_size: int, shard: int,
     if num_shards < 1 or not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
     return list(duration_sorted_batches(utterances, batch_size))[shard::num_shards]
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_fingerprint(path_or_id: str) -> str:
-    """Identifies the teacher's weights: for a local folder a hash of every file's name, size
-    and modification time (a retrained teacher in the same folder differs); else the hub id."""
-    folder = Path(path_or_id)
-    if not folder.is_dir():
-        return f"id:{path_or_id}"
-    digest = hashlib.sha256()
-    for item in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = item.stat()
-        digest.update(f"{item.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 # ---- partial file ------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ and a second run on the folder is refused with a message naming the first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ from typing import Any, Literal
 import torch
 
 from stages.common.errors import UserError, storage_error
-from stages.common.fsutil import outputs_together
+from stages.common.fsutil import fingerprint, outputs_together
 from stages.common.jsonl import iter_jsonl, read_jsonl, write_json
 from stages.common.provenance import provenance
 from stages.common.runtime import set_threads
@@ -118,21 +117,6 @@ class TrainingSettings:
              "--schedule, --min-lr-ratio, or --max-steps of a cosine schedule): continue from "
              "the update it reached on the new schedule; the log shows the old and the new one. "
              "Without it such a checkpoint counts as one of other settings")
-
-
-def fingerprint(path: str | Path) -> str:
-    """A short hash of a file's or folder's (relative name, size, mtime) entries; a hub id (no
-    such path) fingerprints as its name. Cheap, and changes when an upstream stage rewrites it."""
-    path = Path(path)
-    if not path.exists():
-        return f"id:{path}"
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        name = file.name if file == path else str(file.relative_to(path))
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def identity_settings(settings: Any, inputs: dict[str, str | Path]) -> dict[str, Any]:
