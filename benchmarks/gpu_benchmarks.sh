@@ -30,7 +30,7 @@ for item in "${which[@]}"; do
     opd_step)
       run opd_step $PY benchmarks/bench_opd_step.py --keep --json "$RESULTS/opd_step.json" ;;
     transcribe)
-      run transcribe $PY -m benchmarks.bench_transcribe --batch-sizes 64 128 --compare --json "$RESULTS/transcribe.json" ;;
+      run transcribe $PY -m benchmarks.bench_transcribe --batch-sizes 16 64 128 --compare --json "$RESULTS/transcribe.json" ;;
     *) echo "unknown benchmark $item"; exit 2 ;;
   esac
 done

@@ -10,6 +10,11 @@ every clip's prompt is built alone (processor call per clip, so a clip's feature
 its batch), prompts are left-padded to one length P, responses follow from column P on and are
 right-padded. Position ids follow the attention mask exactly as ``generate`` builds them.
 Nothing here assumes a vocabulary size or a special-token id: all come from the checkpoint.
+
+A clip's encoding (prompt ids and features) is kept as long as the clip array lives, per prompt
+language, so decoding and scoring the same batch encode it once, and :meth:`AsrAdapter.encode_ahead`
+can encode the next batch in a background thread while the GPU decodes this one. Clip arrays are
+treated as immutable.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import copy
 import inspect
 import logging
 import re
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -182,6 +189,49 @@ def collate_audio(per_clip: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
     return out
 
 
+Encoding = tuple[list[int], dict[str, torch.Tensor]]  # a clip's prompt ids and audio inputs
+
+
+class ClipEncodings:
+    """Encodings per (clip array, prompt language), each dropped when its clip array is garbage
+    collected: a batch's entries live exactly as long as the batch (no size to tune, and an id
+    cannot be reused by another array while its entry exists). Thread-safe: a background thread
+    may fill it while the main thread reads."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref, dict[str | None, Encoding]]] = {}
+        # Reentrant: a collection inside a locked section may run _drop in the same thread.
+        self._lock = threading.RLock()
+
+    def get(self, audio: np.ndarray, language: str | None) -> Encoding | None:
+        with self._lock:
+            entry = self._entries.get(id(audio))
+            if entry is None or entry[0]() is not audio:
+                return None
+            return entry[1].get(language)
+
+    def put(self, audio: np.ndarray, language: str | None, encoding: Encoding) -> None:
+        key = id(audio)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0]() is not audio:
+                try:
+                    ref = weakref.ref(audio, lambda dead, key=key: self._drop(key, dead))
+                except TypeError:  # a list or other plain sequence: not kept
+                    return
+                entry = self._entries[key] = (ref, {})
+            entry[1][language] = encoding
+
+    def _drop(self, key: int, ref: weakref.ref) -> None:
+        with self._lock:
+            if key in self._entries and self._entries[key][0] is ref:
+                del self._entries[key]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
 class AsrAdapter:
     """One model family behind one interface (see the module docstring for the batch layout).
 
@@ -218,9 +268,10 @@ class AsrAdapter:
         self.pad_token_id = self._resolve_pad_token()
         self.blocked_token_ids = self._blocked_ids()
         self._prompt_cache: dict[str | None, str] = {}
-        # The last batch's clip encodings, shared with with_model() views (a decoding copy
-        # decodes the batch the trained model then scores).
-        self._encoded: dict[str, tuple[list, list, list]] = {}
+        # Shared with with_model() views: a decoding copy decodes the batch the trained model
+        # then scores.
+        self._encodings = ClipEncodings()
+        self._side_stream: torch.cuda.Stream | None = None
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -403,15 +454,14 @@ class AsrAdapter:
             self._prompt_cache[language] = self._render_prompt(audio, language)
         return self._prompt_cache[language]
 
-    def _encode_clip(self, audio: np.ndarray, language: str | None
-                     ) -> tuple[list[int], dict[str, torch.Tensor]]:
-        audio = np.asarray(audio, dtype=np.float32)
-        if audio.ndim != 1 or audio.size == 0:
-            raise ValueError(f"expected a non-empty mono clip, got shape {audio.shape}")
+    def _encode_clip(self, audio: np.ndarray, language: str | None) -> Encoding:
+        clip = np.asarray(audio, dtype=np.float32)
+        if clip.ndim != 1 or clip.size == 0:
+            raise ValueError(f"expected a non-empty mono clip, got shape {clip.shape}")
         # On CUDA the log-mel features are computed there too (transformers' torch STFT; equal
         # to the CPU ones within 1e-5): on the CPU they cost more than a decoding step.
         extra = {"device": str(self.device)} if self.device.type == "cuda" else {}
-        out = self.processor(text=[self._prompt_text(audio, language)], audio=[audio],
+        out = self.processor(text=[self._prompt_text(clip, language)], audio=[clip],
                              return_tensors="pt", **extra)
         keep = out["attention_mask"][0].bool() if "attention_mask" in out else slice(None)
         prompt = out["input_ids"][0][keep].tolist()
@@ -421,17 +471,40 @@ class AsrAdapter:
         return prompt, audio_inputs
 
     def _encode_clips(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
-                      ) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
-        """Each clip's prompt ids and audio inputs; the last batch's are reused when the same
-        clip objects come again with the same languages (an OPD step decodes, then scores the
-        batch). The cache holds the clips themselves, so identity cannot be a stale match."""
-        last = self._encoded.get("last")
-        if (last is not None and len(last[0]) == len(audios) and list(last[1]) == list(languages)
-                and all(a is b for a, b in zip(last[0], audios, strict=True))):
-            return last[2]
-        encoded = [self._encode_clip(a, lang) for a, lang in zip(audios, languages, strict=True)]
-        self._encoded["last"] = (list(audios), list(languages), encoded)
+                      ) -> list[Encoding]:
+        """Each clip's prompt ids and audio inputs, encoded once per clip array and language
+        (an OPD step decodes, then scores the batch; a prefetcher may have encoded it)."""
+        encoded = []
+        for audio, language in zip(audios, languages, strict=True):
+            encoding = self._encodings.get(audio, language)
+            if encoding is None:
+                encoding = self._encode_clip(audio, language)
+                self._encodings.put(audio, language, encoding)
+            encoded.append(encoding)
         return encoded
+
+    @property
+    def encodes_ahead(self) -> bool:
+        """Whether :meth:`encode_ahead` in a background thread pays: on CUDA the host idles
+        while the GPU decodes; on the CPU encoding and decoding compete for the same cores."""
+        return self.device.type == "cuda"
+
+    def encode_ahead(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]) -> None:
+        """Encode clips now (meant for a background thread) so that decoding or scoring them
+        later finds them encoded. On CUDA the feature kernels run on a side stream, so they
+        overlap the decoding on the default stream instead of queueing behind it."""
+        if len(audios) != len(languages):
+            raise ValueError(f"{len(audios)} clips but {len(languages)} languages")
+        if self.device.type != "cuda":
+            self._encode_clips(audios, languages)
+            return
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=self.device)
+        with torch.cuda.stream(self._side_stream):
+            self._encode_clips(audios, languages)
+        # The features come back as host tensors; waiting here keeps the main thread from ever
+        # reading one the side stream is still writing.
+        self._side_stream.synchronize()
 
     def build_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
                     responses: Sequence[Sequence[int]] | None = None) -> PromptBatch:
