@@ -9,12 +9,10 @@ summary fields, and one real process.
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -308,50 +306,3 @@ def test_any_model_failure_is_an_error_naming_the_batch(adapters, corpus, monkey
     with pytest.raises(DecodeError, match="returned 3 responses for 4 clips") as caught:
         transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
     assert caught.value.ids == batches[0]
-
-
-@pytest.mark.parametrize("name", ["teacher", "student"])
-def test_batches_encoded_ahead_in_the_prefetch_thread_decode_the_same(adapters, corpus, name,
-                                                                        monkeypatch):
-    """On CUDA each batch is encoded in the prefetch thread while the previous one decodes;
-    forced here on the CPU: every clip is encoded there, once, the decoding thread finds them
-    all, transcripts are unchanged, and nothing is kept once the batches are gone."""
-    adapter = adapters[name]
-    utterances = read_utterances(corpus)
-    plain = transcribe(adapter, utterances, batch_size=4, max_new_tokens=MAX_NEW,
-                       progress=False).transcripts
-    encoded_in = []
-    real_encode = adapter._encode_clip
-
-    def recording_encode(audio, language):
-        encoded_in.append(threading.current_thread().name)
-        return real_encode(audio, language)
-
-    monkeypatch.setattr(adapter, "_encode_clip", recording_encode)
-    monkeypatch.setattr(type(adapter), "encodes_ahead", property(lambda self: True))
-    ahead = transcribe(adapter, utterances, batch_size=4, max_new_tokens=MAX_NEW,
-                       progress=False).transcripts
-    assert [(t.text, t.tokens, t.stopped) for t in ahead] == [
-        (t.text, t.tokens, t.stopped) for t in plain]
-    assert len(encoded_in) == len(utterances)
-    assert all(thread.startswith("audio-prefetch") for thread in encoded_in)
-    gc.collect()
-    assert len(adapter._encodings) == 0
-
-
-def test_an_encoding_error_ahead_names_its_batch(adapters, corpus, monkeypatch):
-    adapter = adapters["student"]
-    utterances = read_utterances(corpus)
-    batches = [[u.id for u in b] for b in duration_sorted_batches(utterances, 4)]
-    real_encode = adapter._encode_clip
-    monkeypatch.setattr(type(adapter), "encodes_ahead", property(lambda self: True))
-
-    def failing_encode(audio, language):
-        if len(audio) < 16000 * 0.7:  # the 0.6 s clip
-            raise ValueError("feature extractor fell over")
-        return real_encode(audio, language)
-
-    monkeypatch.setattr(adapter, "_encode_clip", failing_encode)
-    with pytest.raises(DecodeError, match="feature extractor fell over") as caught:
-        transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
-    assert caught.value.ids == batches[-1]  # the 0.6 s clip is in the last (shortest) batch

@@ -7,6 +7,7 @@ inputs on synthetic clips (sines and noise: enough for the mechanics, which is w
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
@@ -455,3 +456,29 @@ def test_qwen_generated_header_is_parsed_and_stripped(teacher):
     repeated = teacher.tokenizer.encode("你好<asr_text>世界", add_special_tokens=False)
     assert teacher.split_header(repeated)[0] is None
     assert teacher.decode_response(repeated + [teacher.stop_token_id]) == "你好世界"
+
+
+def test_a_clip_is_encoded_once_per_language_while_it_lives(adapter, monkeypatch):
+    """Decoding and then scoring a batch (an OPD step) encode each clip once; a clip's entries
+    go when the clip array does, and an equal but different array is encoded anew."""
+    calls = []
+    real_encode = adapter._encode_clip
+
+    def counting_encode(audio, language):
+        calls.append(language)
+        return real_encode(audio, language)
+
+    monkeypatch.setattr(adapter, "_encode_clip", counting_encode)
+    batch = [_clip(1.0, 200, 7), _clip(2.0, 300, 8)]
+    before = len(adapter._encodings)
+    responses = adapter.generate(batch, ["en", "zh"], max_new_tokens=3)
+    adapter.response_logits(batch, ["en", "zh"], responses)
+    assert calls == ["en", "zh"]
+    adapter.generate(batch, ["zh", "zh"], max_new_tokens=1)
+    assert calls == ["en", "zh", "zh"]  # a new language for the first clip only
+    adapter.generate([batch[0].copy()], ["en"], max_new_tokens=1)
+    assert calls == ["en", "zh", "zh", "en"]
+    assert len(adapter._encodings) == before + 2  # the copy died with its call
+    del batch, responses
+    gc.collect()
+    assert len(adapter._encodings) == before

@@ -9,9 +9,6 @@ the tiny demo models and espeak sentences.
 
 from __future__ import annotations
 
-import dataclasses
-import threading
-
 import pytest
 import torch
 
@@ -198,36 +195,6 @@ def test_step_equals_the_hand_assembled_loss_and_trains_only_the_student(student
     assert all(g is not None and bool(torch.isfinite(g).all()) for g in grads)
     assert sum(float(g.abs().sum()) for g in grads) > 0
     assert all(p.grad is None and not p.requires_grad for p in teacher.model.parameters())
-
-
-def test_teacher_prompts_known_before_the_rollout_are_encoded_during_it(student, teacher,
-                                                                        batch, monkeypatch):
-    """On CUDA the teacher encodes the rows whose manifest language it takes in a background
-    thread while the student decodes; forced here on the CPU: those rows are encoded there,
-    the others when scored, and the loss is the one computed without it."""
-    vocab_map = build_vocab_map(student, teacher)
-    plain = opd_forward(student, teacher, vocab_map, batch, CFG)
-    encoded_in = []
-    real_encode = teacher._encode_clip
-
-    def recording_encode(audio, language):
-        encoded_in.append((threading.current_thread().name, language))
-        return real_encode(audio, language)
-
-    monkeypatch.setattr(teacher, "_encode_clip", recording_encode)
-    monkeypatch.setattr(type(teacher), "encodes_ahead", property(lambda self: True))
-    fresh = batch_of_copies(batch)
-    out = opd_forward(student, teacher, vocab_map, fresh, CFG)
-    torch.testing.assert_close(out.loss_sum, plain.loss_sum, rtol=0, atol=0)
-    ahead = [lang for thread, lang in encoded_in if thread.startswith("teacher-encode")]
-    later = [lang for thread, lang in encoded_in if not thread.startswith("teacher-encode")]
-    assert ahead == [lang for lang, keep in zip(fresh.languages, KEEP_LANGUAGE) if keep]
-    assert len(later) == KEEP_LANGUAGE.count(False)
-
-
-def batch_of_copies(batch):
-    """The same clips as new arrays (so no encoding of them exists yet)."""
-    return dataclasses.replace(batch, audios=[audio.copy() for audio in batch.audios])
 
 
 def test_identical_teacher_and_student_agree_exactly(student, opd_models_dir, batch):

@@ -12,9 +12,8 @@ right-padded. Position ids follow the attention mask exactly as ``generate`` bui
 Nothing here assumes a vocabulary size or a special-token id: all come from the checkpoint.
 
 A clip's encoding (prompt ids and features) is kept as long as the clip array lives, per prompt
-language, so decoding and scoring the same batch encode it once, and :meth:`AsrAdapter.encode_ahead`
-can encode the next batch in a background thread while the GPU decodes this one. Clip arrays are
-treated as immutable.
+language, so decoding and then scoring the same batch encode it once. Clip arrays are treated as
+immutable.
 """
 
 from __future__ import annotations
@@ -195,8 +194,7 @@ Encoding = tuple[list[int], dict[str, torch.Tensor]]  # a clip's prompt ids and 
 class ClipEncodings:
     """Encodings per (clip array, prompt language), each dropped when its clip array is garbage
     collected: a batch's entries live exactly as long as the batch (no size to tune, and an id
-    cannot be reused by another array while its entry exists). Thread-safe: a background thread
-    may fill it while the main thread reads."""
+    cannot be reused by another array while its entry exists). Thread-safe."""
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref, dict[str | None, Encoding]]] = {}
@@ -271,7 +269,6 @@ class AsrAdapter:
         # Shared with with_model() views: a decoding copy decodes the batch the trained model
         # then scores.
         self._encodings = ClipEncodings()
-        self._side_stream: torch.cuda.Stream | None = None
 
     # ---- loading -------------------------------------------------------------------------------
 
@@ -473,7 +470,7 @@ class AsrAdapter:
     def _encode_clips(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
                       ) -> list[Encoding]:
         """Each clip's prompt ids and audio inputs, encoded once per clip array and language
-        (an OPD step decodes, then scores the batch; a prefetcher may have encoded it)."""
+        (an OPD step decodes, then scores the batch)."""
         encoded = []
         for audio, language in zip(audios, languages, strict=True):
             encoding = self._encodings.get(audio, language)
@@ -482,29 +479,6 @@ class AsrAdapter:
                 self._encodings.put(audio, language, encoding)
             encoded.append(encoding)
         return encoded
-
-    @property
-    def encodes_ahead(self) -> bool:
-        """Whether :meth:`encode_ahead` in a background thread pays: on CUDA the host idles
-        while the GPU decodes; on the CPU encoding and decoding compete for the same cores."""
-        return self.device.type == "cuda"
-
-    def encode_ahead(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]) -> None:
-        """Encode clips now (meant for a background thread) so that decoding or scoring them
-        later finds them encoded. On CUDA the feature kernels run on a side stream, so they
-        overlap the decoding on the default stream instead of queueing behind it."""
-        if len(audios) != len(languages):
-            raise ValueError(f"{len(audios)} clips but {len(languages)} languages")
-        if self.device.type != "cuda":
-            self._encode_clips(audios, languages)
-            return
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device=self.device)
-        with torch.cuda.stream(self._side_stream):
-            self._encode_clips(audios, languages)
-        # The features come back as host tensors; waiting here keeps the main thread from ever
-        # reading one the side stream is still writing.
-        self._side_stream.synchronize()
 
     def build_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
                     responses: Sequence[Sequence[int]] | None = None) -> PromptBatch:

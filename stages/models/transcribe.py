@@ -99,43 +99,20 @@ def _describe(err: BaseException) -> str:
     return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}"
 
 
-def prefetched(batches: Sequence[Sequence[Utterance]],
-               prepare: Callable[[Sequence[Utterance], AudioBatch], None] | None = None
+def prefetched(batches: Sequence[Sequence[Utterance]]
                ) -> Iterator[tuple[Sequence[Utterance], Callable[[], AudioBatch]]]:
     """Each batch with a loader for its audio, read in a background thread while the previous
-    batch decodes (file reading and resampling stay off the decoder's critical path), then
-    handed to ``prepare`` there too (e.g. :func:`encoder_ahead`). A loading or preparing error
-    surfaces when its loader is called."""
+    batch decodes (file reading and resampling stay off the decoder's critical path). A loading
+    error surfaces when its loader is called."""
     if not batches:
         return
-
-    def load(group: Sequence[Utterance]) -> AudioBatch:
-        batch = load_batch(group)
-        if prepare is not None:
-            prepare(group, batch)
-        return batch
-
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prefetch") as pool:
-        pending = pool.submit(load, batches[0])
+        pending = pool.submit(load_batch, batches[0])
         for index, group in enumerate(batches):
             current = pending
             if index + 1 < len(batches):
-                pending = pool.submit(load, batches[index + 1])
+                pending = pool.submit(load_batch, batches[index + 1])
             yield group, current.result
-
-
-def encoder_ahead(adapter: AsrAdapter, language_hint: bool = True
-                  ) -> Callable[[Sequence[Utterance], AudioBatch], None] | None:
-    """A ``prepare`` for :func:`prefetched` that encodes each batch's prompts and features
-    (:meth:`AsrAdapter.encode_ahead`) while the previous batch decodes; None where that does
-    not pay (the CPU). Measured on an H200 at batch 128: encoding is 0.28-0.35 s of a
-    0.9-1.2 s batch, all of it on the host."""
-    if not adapter.encodes_ahead:
-        return None
-
-    def prepare(utterances: Sequence[Utterance], batch: AudioBatch) -> None:
-        adapter.encode_ahead(batch.audios, prompt_languages(adapter, utterances, language_hint))
-    return prepare
 
 
 def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tokens: int,
@@ -207,9 +184,7 @@ def transcribe(adapter: AsrAdapter, utterances: Sequence[Utterance], *, batch_si
                disable=not progress, mininterval=2, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        batches_in_order = list(duration_sorted_batches(utterances, batch_size))
-        for batch, loader in prefetched(batches_in_order,
-                                        encoder_ahead(adapter, language_hint)):
+        for batch, loader in prefetched(list(duration_sorted_batches(utterances, batch_size))):
             for transcript in transcribe_batch(adapter, batch, max_new_tokens=max_new_tokens,
                                                language_hint=language_hint, logprobs=logprobs,
                                                loader=loader):

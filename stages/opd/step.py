@@ -70,7 +70,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,22 +164,6 @@ def nonfinite_rows(values: Tensor) -> int:
     return int((torch.isnan(values) | torch.isposinf(values)).any(-1).sum())
 
 
-# One background thread per process: the teacher's prompts are encoded there during rollouts.
-_ENCODER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-encode")
-
-
-def encode_teacher_ahead(teacher: AsrAdapter, batch: AudioBatch) -> Future | None:
-    """Start encoding the teacher's prompts and features for the rows whose manifest language
-    it can be prompted with (their teacher language is known before the rollout, see
-    :func:`choose_languages`); the other rows are encoded when scored. None where encoding
-    ahead does not pay (the CPU) or nothing is known yet."""
-    rows = [i for i, lang in enumerate(batch.languages) if lang and teacher.can_prompt(lang)]
-    if not rows or not teacher.encodes_ahead:
-        return None
-    return _ENCODER.submit(teacher.encode_ahead, [batch.audios[i] for i in rows],
-                           [batch.languages[i] for i in rows])
-
-
 def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
                 batch: AudioBatch, cfg: OpdConfig, *, synced_gpus: bool | None = None,
                 generator: torch.Generator | None = None, compute_grad: bool = True
@@ -196,7 +179,6 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
     # header); the teacher's language is chosen below either way.
     student_languages = [lang if lang and student.can_prompt(lang) else None
                          for lang in batch.languages]
-    teacher_encoding = encode_teacher_ahead(teacher, batch)  # overlaps the rollout
     roll = rollout(student, batch.audios, student_languages, max_new_tokens=cfg.max_new_tokens,
                    keep_stop_token=cfg.keep_stop_token, do_sample=cfg.sample,
                    temperature=cfg.sample_temperature, generator=generator,
@@ -231,8 +213,6 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
     scored = scored.to(device)
     if teacher.model.training:
         teacher.model.eval()
-    if teacher_encoding is not None:
-        teacher_encoding.result()  # finished long since: the rollout takes far longer
     target = teacher_logprobs(teacher, vocab_map, batch.audios, choice.languages,
                               teacher_responses, teacher_mask,
                               blocked_student_ids=student.blocked_token_ids)

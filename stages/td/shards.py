@@ -41,12 +41,7 @@ from stages.common.errors import UserError
 from stages.common.jsonl import dumps_row
 from stages.data.batching import AudioBatch, Utterance, duration_sorted_batches
 from stages.models.base import AsrAdapter
-from stages.models.transcribe import (
-    DecodeError,
-    encoder_ahead,
-    prefetched,
-    transcribe_batch,
-)
+from stages.models.transcribe import DecodeError, prefetched, transcribe_batch
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +223,7 @@ def transcribe_shard(adapter_factory, batches: Sequence[Sequence[Utterance]],
                disable=not progress, mininterval=5, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        for batch, loader in prefetched(todo, encoder_ahead(adapter)):
+        for batch, loader in prefetched(todo):
             try:
                 new = transcribe_records(adapter, batch, max_new_tokens=max_new_tokens,
                                          loader=loader)
