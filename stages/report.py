@@ -7,36 +7,69 @@ A missing evaluation is shown as `missing` (an empty CSV cell), never as zero. T
 printed to stdout.
 
 Inputs:
-  --eval-dir DIR            <DIR>/<model>/summary_<preset>.json (python -m stages.evaluate)
-  --models NAME[=LABEL] ... rows in order, with their labels (default: every model folder in
+  --eval-dir DIR            the evaluation folder (python -m stages.evaluate writes it):
+                              <model>/summary_<preset>.json and <model>/test_<preset>.jsonl
+                            a model trained once per seed has one folder per seed instead:
+                              <model>@seed<k>/summary_<preset>.json and test_<preset>.jsonl
+                            (k an integer, e.g. opd_base@seed1 opd_base@seed2 opd_base@seed3);
+                            they form one row, <model>. A model has either a plain folder or
+                            seed folders, never both. Every seed needs every preset the
+                            model has.
+  --models NAME[=LABEL] ... rows in order, with their labels (default: every model in
                             --eval-dir, in this order: student_base=base, opd_base=base+OPD,
                             opd_td_adapted=base+TD+OPD, teacher=teacher, student_td_adapted=
                             base+TD, then the others by name; those are also the default
-                            labels). A listed model without summaries is a row of missing
-                            cells.
+                            labels). NAME is the model, not a seed folder (opd_base, not
+                            opd_base@seed1; naming a seed folder makes that seed a row of its
+                            own). A listed model without summaries is a row of missing cells.
+  --seeds K ...             the study's training seeds: a seeded model must have exactly
+                            these seed folders (others, e.g. left from an earlier config, are
+                            ignored; an absent one is an error). Default: every seed folder.
   --presets NAME ...        columns in order (default: aishell meeting net clean other)
-  --base-model NAME         the row improvements refer to (default student_base)
-  --metrics NAME=FILE ...   OPD runs' metrics.jsonl: training curves and a summary table
+  --base-model NAME         the row improvements and paired comparisons refer to (default
+                            student_base)
+  --metrics NAME=FILE ...   OPD runs' metrics.jsonl: training curves and a summary table (one
+                            per seed: e.g. opd_base@seed1=...)
   --calibration NAME=FILE   calibration.json (or calibration.failed.json) per recipe
   --td-report FILE          the teacher-data report.json (python -m stages.td_merge)
+
+Intervals (from the per-utterance rows, test_<preset>.jsonl, beside each summary):
+  Each cell is the corpus error rate (mean over seeds ± sd over seeds when the row has
+  seeds; one evaluation: n/a) with a percentile bootstrap interval over utterances
+  (--resamples draws of the utterances with replacement; each recomputes total edits /
+  total reference units; with seeds, the seeds' rates on the same draw are averaged). Each
+  row is compared with --base-model by a paired bootstrap (the same draws for both): the
+  share of resamples in which it is better (strictly lower rate; ties are not better).
+  A cell better in fewer than --confidence of the resamples and worse in fewer than
+  --confidence is marked ≈ (not distinguishable from the base). A cell whose rows file is
+  absent has no interval (listed under the table); rows without `errors` and `ref_len`, or
+  evaluations of one preset on different utterances, are errors naming the files.
 
 Outputs in --output-dir:
   report.md            the tables, the figures, a provenance section (git commits, config
                        hashes and package versions of every input)
   results.csv          one row per model: model, label, <preset>_<metric> and
                        <preset>_rel_impr for each preset, avg, avg_rel_impr (percent, 2
-                       decimals; empty = missing)
+                       decimals; empty = missing); then seeds and, per preset and avg,
+                       _sd, _low, _high (percent), _p_better, _p_worse (shares) and
+                       _vs_base (better, worse, not distinguishable)
   results_table.html   the formatted table as an HTML fragment (the Snakemake report shows it)
-  report.json          the same data (rows, missing cells, training, calibration, TD summary,
+  report.json          the same data (rows, missing cells, seeds per model, interval
+                       settings, cells without interval, training, calibration, TD summary,
                        inputs) with provenance
-  error_rates.png, training_curves.png, td_filters.png   (written even without data: the
-                       figure then says so)
+  error_rates.png      bars per preset and model with the bootstrap interval as error
+                       bars and each seed's rate as a dot
+  training_curves.png, td_filters.png   (written even without data: the figure then says
+                       so)
 
 Example:
   python -m stages.report --eval-dir results/eval --output-dir results/report \\
       --metrics opd_base=results/train/opd_base/metrics.jsonl \\
       --calibration base=results/calibrate/base/calibration.json \\
       --td-report results/td/report.json
+  # seeded OPD models (eval/opd_base@seed1 ... eval/opd_base@seed3), 3 seeds required:
+  python -m stages.report --eval-dir results/eval --output-dir results/report --seeds 1 2 3 \\
+      --metrics opd_base@seed1=results/train/opd_base@seed1/metrics.jsonl ...
 """
 
 from __future__ import annotations
@@ -53,6 +86,7 @@ from stages.common.errors import UserError
 from stages.common.fsutil import outputs_together
 from stages.common.jsonl import atomic_writer, read_json, write_json
 from stages.common.provenance import provenance
+from stages.common.settings import add_settings, as_dict, settings_from_args
 from stages.reporting import plots
 from stages.reporting.results import (
     DEFAULT_BASE,
@@ -70,6 +104,7 @@ from stages.reporting.results import (
     td_summary,
     training_summary,
 )
+from stages.reporting.stats import Bootstrap
 
 log = logging.getLogger("stages.report")
 
@@ -97,20 +132,25 @@ def model_row(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = parser(__doc__)
     p.add_argument("--eval-dir", required=True, type=Path,
-                   help="folder of <model>/summary_<preset>.json")
+                   help="folder of <model>/ (or <model>@seed<k>/) evaluation folders")
     p.add_argument("--output-dir", required=True, type=Path, help="where the report goes")
     p.add_argument("--models", nargs="+", type=model_row, default=None, metavar="NAME[=LABEL]",
                    help="rows in order, optionally with labels (default: every model folder)")
     p.add_argument("--presets", nargs="+", default=list(PAPER_PRESETS),
                    help=f"columns in order (default: {' '.join(PAPER_PRESETS)})")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="K",
+                   help="training seeds every seeded model (<model>@seed<k> folders) must "
+                        "have (default: the seed folders found)")
     p.add_argument("--base-model", default=DEFAULT_BASE,
-                   help=f"row the relative improvements refer to (default {DEFAULT_BASE})")
+                   help=f"row the relative improvements and paired comparisons refer to "
+                        f"(default {DEFAULT_BASE})")
     p.add_argument("--metrics", nargs="*", type=pair, default=[], metavar="NAME=FILE",
                    help="metrics.jsonl of OPD runs")
     p.add_argument("--calibration", nargs="*", type=pair, default=[], metavar="NAME=FILE",
                    help="calibration reports per recipe")
     p.add_argument("--td-report", type=Path, default=None, help="teacher-data report.json")
     p.add_argument("--title", default="audio-opd results", help="report title")
+    add_settings(p, Bootstrap, title="intervals")
     return p
 
 
@@ -135,14 +175,21 @@ def main(args: argparse.Namespace) -> int:
         _unique(pairs, option)
     if len(set(args.presets)) != len(args.presets):
         raise UserError(f"--presets lists a preset twice: {' '.join(args.presets)}")
+    if args.seeds is not None and len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds lists a seed twice: {' '.join(map(str, args.seeds))}")
+    bootstrap = settings_from_args(Bootstrap, args)
     table = collect_results(args.eval_dir, args.presets, models=args.models,
-                            base=args.base_model)
+                            base=args.base_model, seeds=args.seeds, bootstrap=bootstrap)
     if table.base is None:
         log.warning("base model %r is not a row: no relative improvements", args.base_model)
     for name, label in table.models:
         if all(table.rates.get((name, p)) is None for p in table.presets):
             log.warning("%s (%s): no evaluation summaries in %s", name, label,
                         args.eval_dir / name)
+    if table.no_rows:
+        log.warning("no interval for %d cell(s) without per-utterance rows "
+                    "(test_<preset>.jsonl): %s", len(table.no_rows),
+                    ", ".join(f"{m}/{p}" for m, p in table.no_rows))
 
     runs = {name: read_metrics(path) for name, path in args.metrics}
     calibration_docs = [(name, path, read_json(path)) for name, path in args.calibration]
@@ -175,12 +222,16 @@ def main(args: argparse.Namespace) -> int:
         with atomic_writer(out / "results_table.html") as handle:
             handle.write(html_table(table))
         settings = {"eval_dir": str(args.eval_dir), "models": table.models,
-                    "presets": table.presets, "base": table.base,
+                    "presets": table.presets, "base": table.base, "seeds": args.seeds,
+                    "intervals": as_dict(bootstrap),
                     "metrics": dict(args.metrics), "calibration": dict(args.calibration),
                     "td_report": str(args.td_report) if args.td_report else None}
         write_json(out / "report.json", {
             "title": args.title, "base": table.base, "presets": table.presets,
             "metrics": table.metrics, "rows": rows,
+            "seeds": {name: table.seeds(name) for name, _ in table.models},
+            "intervals": as_dict(bootstrap),
+            "no_interval": [{"model": m, "preset": p} for m, p in table.no_rows],
             "missing": [{"model": m, "preset": p} for m, p in table.missing()],
             "training": inputs.training, "calibration": calibrations, "teacher_data": td,
             "inputs": [{k: v for k, v in r.items() if k != "versions"}

@@ -34,7 +34,9 @@ def _no_data(ax, text: str) -> None:
 
 
 def error_rates(table: ResultsTable, path: str | Path) -> None:
-    """Grouped bars: presets on the x axis, one bar per model; missing cells are labelled."""
+    """Grouped bars: presets on the x axis, one bar per model (the mean over seeds), with the
+    bootstrap interval as an error bar and each seed's rate as a dot; missing cells are
+    labelled."""
     width_per_group = max(1.0, 0.25 * len(table.models))
     fig = Figure(figsize=(max(6.0, width_per_group * len(table.presets) + 2), 4.2))
     ax = fig.subplots()
@@ -44,14 +46,32 @@ def error_rates(table: ResultsTable, path: str | Path) -> None:
         return
     x = np.arange(len(table.presets))
     width = 0.8 / len(table.models)
-    top = max((v for v in (table.rate_percent(m, p) for m, _ in table.models
-                           for p in table.presets) if v is not None), default=1.0)
+    tops = [v for m, _ in table.models for p in table.presets
+            if (v := table.rate_percent(m, p)) is not None]
+    tops += [100 * c.interval[1] for c in table.cells.values() if c.interval is not None]
+    tops += [100 * r for c in table.cells.values() for r in c.seed_rates]
+    top = max(tops, default=1.0) or 1.0
     for index, (name, label) in enumerate(table.models):
         offset = x - 0.4 + width * (index + 0.5)
         values = [table.rate_percent(name, p) for p in table.presets]
-        present = [(o, v) for o, v in zip(offset, values, strict=True) if v is not None]
-        bars = ax.bar([o for o, _ in present], [v for _, v in present], width, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+        present = [(o, v, table.cells.get((name, p)))
+                   for o, v, p in zip(offset, values, table.presets, strict=True)
+                   if v is not None]
+        # Asymmetric error bars: the percentile interval need not be centred on the mean.
+        errors = np.array([[v - 100 * c.interval[0], 100 * c.interval[1] - v]
+                           if c is not None and c.interval is not None else [0.0, 0.0]
+                           for _, v, c in present]).reshape(-1, 2).T
+        whiskers = bool(errors.any())
+        bars = ax.bar([o for o, _, _ in present], [v for _, v, _ in present], width,
+                      label=label, yerr=errors if whiskers else None, capsize=2,
+                      error_kw={"elinewidth": 0.8, "ecolor": "black"})
+        # With whiskers the value goes inside the bar, where no whisker covers it.
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1,
+                     label_type="center" if whiskers else "edge")
+        for o, _, c in present:
+            if c is not None and c.seeds > 1:
+                ax.scatter(np.full(c.seeds, o), [100 * r for r in c.seed_rates], s=6,
+                           color="black", zorder=3)
         for o, v in zip(offset, values, strict=True):
             if v is None:
                 ax.text(o, 0.02 * top, "missing", rotation=90, ha="center", va="bottom",
@@ -59,7 +79,11 @@ def error_rates(table: ResultsTable, path: str | Path) -> None:
     ax.set_xticks(x, [table.column(p) for p in table.presets])
     ax.set_ylabel("error rate (%)")
     ax.set_ylim(0, top * 1.18)
-    ax.set_title("Error rate per preset (lower is better)")
+    title = "Error rate per preset (lower is better)"
+    if table.cells and table.bootstrap is not None:
+        title += (f"\nwhiskers: {100 * table.bootstrap.confidence:g} % bootstrap interval "
+                  "over utterances" + ("; dots: the seeds" if table.seeded else ""))
+    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncols=min(4, len(table.models)))
     _save(fig, path)
 

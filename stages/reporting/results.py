@@ -11,6 +11,12 @@ is ``(base - model) / base`` in percent (positive: fewer errors than the base ro
 the unrounded rates; the average column is the mean of a row's preset error rates and exists only
 when every preset of the row has one. A missing summary is a missing cell, shown as ``missing``
 (empty in the CSV), never as zero.
+
+Uncertainty: a model trained per seed has one evaluation folder per seed
+(:mod:`stages.reporting.evaluations`); its cells are the mean over seeds ± their sd. With the
+per-utterance rows beside the summaries, :func:`add_intervals` adds a bootstrap interval to
+every cell and a paired comparison with the base (:mod:`stages.reporting.stats` says how);
+cells that cannot be told from the base are marked ``≈``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from typing import Any
 
 from stages.common.errors import UserError
 from stages.common.jsonl import read_json, read_jsonl
+from stages.reporting.evaluations import Run, UtteranceCounts, align, group_runs, read_counts
+from stages.reporting.stats import (
+    Bootstrap,
+    CellStats,
+    average_stats,
+    format_interval,
+    preset_stats,
+)
 
 PAPER_PRESETS = ("aishell", "meeting", "net", "clean", "other")
 # The metric of each paper preset, for the header of a column that has no summary at all.
@@ -81,6 +95,13 @@ class ResultsTable:
     sources: dict[tuple[str, str], Path] = field(default_factory=dict)
     summaries: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     base: str | None = DEFAULT_BASE
+    # model -> its evaluations (one, or one per seed); sources and summaries are keyed by
+    # (run folder, preset), which is (model, preset) for a single evaluation.
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    # (model, preset) -> interval and paired comparison; preset None: the average column.
+    cells: dict[tuple[str, str | None], CellStats] = field(default_factory=dict)
+    no_rows: list[tuple[str, str]] = field(default_factory=list)  # rates without rows files
+    bootstrap: Bootstrap | None = None  # None: intervals were not computed
 
     def rate_percent(self, model: str, preset: str) -> float | None:
         rate = self.rates.get((model, preset))
@@ -109,6 +130,15 @@ class ResultsTable:
     def column(self, preset: str) -> str:
         return f"{preset} {self.metrics[preset].upper()}"
 
+    def seeds(self, model: str) -> list[int]:
+        """The training seeds of a seeded model ([] for a single evaluation)."""
+        return [r.seed for r in self.runs.get(model, []) if r.seed is not None]
+
+    @property
+    def seeded(self) -> bool:
+        """Some row averages several evaluations (so its cells show a seed sd)."""
+        return any(len(runs) > 1 for runs in self.runs.values())
+
 
 def default_model_order(names: Iterable[str]) -> list[str]:
     """The pipeline's models in the paper's order, then the others alphabetically."""
@@ -119,54 +149,125 @@ def default_model_order(names: Iterable[str]) -> list[str]:
 
 def collect_results(eval_dir: str | Path, presets: Sequence[str], *,
                     models: Sequence[tuple[str, str]] | None = None,
-                    base: str | None = DEFAULT_BASE) -> ResultsTable:
-    """Read every model's summaries under ``eval_dir``.
+                    base: str | None = DEFAULT_BASE, seeds: Sequence[int] | None = None,
+                    bootstrap: Bootstrap | None = None) -> ResultsTable:
+    """Read every model's summaries under ``eval_dir`` (one folder per model, or one per
+    training seed: see :mod:`stages.reporting.evaluations`).
 
-    ``models``: (name, label) rows in order; default every sub-folder holding summaries, in
+    ``models``: (name, label) rows in order; default every model found, in
     :func:`default_model_order`, labelled with :data:`DEFAULT_LABELS`. ``base``: the row the
-    relative improvements refer to (None or absent: no improvements).
+    relative improvements and paired comparisons refer to (None or absent: none). ``seeds``:
+    the seeds seeded models must have (default: whichever seed folders exist).
+    ``bootstrap``: compute intervals and paired comparisons from the rows files beside the
+    summaries (None: rates only).
     """
     eval_dir = Path(eval_dir)
     if not eval_dir.is_dir():
         raise UserError(f"--eval-dir {eval_dir}: no such folder; give the folder holding "
                         "<model>/summary_<preset>.json")
+    found = {d.name: s for d in sorted(eval_dir.iterdir()) if d.is_dir()
+             and (s := read_model_summaries(d))}
+    groups = group_runs(eval_dir, list(found), seeds=seeds)
     if models is None:
-        names = [d.name for d in sorted(eval_dir.iterdir())
-                 if d.is_dir() and read_model_summaries(d)]
-        if not names:
+        if not groups:
             raise UserError(f"{eval_dir}: no <model>/summary_<preset>.json found; run the "
                             "evaluate stage first")
-        models = [(n, DEFAULT_LABELS.get(n, n)) for n in default_model_order(names)]
+        models = [(n, DEFAULT_LABELS.get(n, n)) for n in default_model_order(groups)]
     table = ResultsTable(models=list(models), presets=list(presets), metrics={}, rates={},
                          base=base if base in {n for n, _ in models} else None)
     metric_source: dict[str, Path] = {}
     for name, _ in table.models:
-        for preset, (path, summary) in read_model_summaries(eval_dir / name).items():
-            if preset not in table.presets:
+        # A listed seeded folder (``opd_base@seed1``) is a row of its own.
+        runs = groups.get(name) or ([Run(name, None, name)] if name in found else [])
+        table.runs[name] = runs
+        for preset in table.presets:
+            have = [run for run in runs if preset in found[run.folder]]
+            if not have:
                 continue
-            metric = str(summary["metric"]).lower()
-            if preset in table.metrics and table.metrics[preset] != metric:
-                raise UserError(f"{path}: preset {preset} is scored with {metric}, but "
-                                f"{metric_source[preset]} uses {table.metrics[preset]}; "
-                                "re-evaluate with one metric per preset")
-            table.metrics[preset] = metric
-            metric_source.setdefault(preset, path)
-            table.rates[(name, preset)] = summary["rate"]
-            table.sources[(name, preset)] = path
-            table.summaries[(name, preset)] = summary
+            if len(have) < len(runs):
+                lacking = [str(eval_dir / r.folder / f"summary_{preset}.json")
+                           for r in runs if r not in have]
+                raise UserError(f"{name}: {', '.join(lacking)} missing while the other seeds "
+                                f"have {preset}; evaluate every seed (or restrict --seeds)")
+            rates = []
+            for run in runs:
+                path, summary = found[run.folder][preset]
+                metric = str(summary["metric"]).lower()
+                if preset in table.metrics and table.metrics[preset] != metric:
+                    raise UserError(f"{path}: preset {preset} is scored with {metric}, but "
+                                    f"{metric_source[preset]} uses {table.metrics[preset]}; "
+                                    "re-evaluate with one metric per preset")
+                table.metrics[preset] = metric
+                metric_source.setdefault(preset, path)
+                table.sources[(run.folder, preset)] = path
+                table.summaries[(run.folder, preset)] = summary
+                rates.append(summary["rate"])
+            table.rates[(name, preset)] = (None if any(r is None for r in rates)
+                                           else math.fsum(rates) / len(rates))
     for preset in table.presets:
         table.metrics.setdefault(preset, KNOWN_METRICS.get(preset, "error rate"))
+    if bootstrap is not None:
+        add_intervals(table, eval_dir, bootstrap)
     return table
+
+
+def add_intervals(table: ResultsTable, eval_dir: Path, bootstrap: Bootstrap) -> None:
+    """Fill ``table.cells`` from the rows files (``test_<preset>.jsonl``) beside the summaries.
+
+    A cell whose rows files are absent has no interval (listed in ``table.no_rows``); a rows
+    file without per-utterance counts, or evaluations of one preset on different utterances,
+    is an error naming the files.
+    """
+    table.bootstrap = bootstrap
+    per_preset: list[dict[str, CellStats]] = []
+    for preset in table.presets:
+        counts: dict[str, list[UtteranceCounts]] = {}
+        for name, _ in table.models:
+            if table.rates.get((name, preset)) is None:
+                continue
+            runs = table.runs[name]
+            files = [run.rows_file(eval_dir, preset) for run in runs]
+            if not all(f.is_file() for f in files):
+                table.no_rows.append((name, preset))
+                continue
+            counts[name] = [read_counts(f, table.summaries[(run.folder, preset)])
+                            for run, f in zip(runs, files, strict=True)]
+        if not counts:
+            continue
+        ref_len, errors = align(counts)
+        cells = preset_stats(errors, ref_len, stream=preset, base=table.base,
+                             settings=bootstrap)
+        per_preset.append(cells)
+        table.cells.update({(name, preset): cell for name, cell in cells.items()})
+    if len(per_preset) == len(table.presets):
+        averages = average_stats(per_preset, base=table.base,
+                                 confidence=bootstrap.confidence)
+        table.cells.update({(name, None): cell for name, cell in averages.items()})
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
+NOT_DISTINGUISHABLE = "≈"  # the marker of a cell that cannot be told from the base
+
+
+def _percent(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(100.0 * value, digits)
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def csv_rows(table: ResultsTable) -> list[dict[str, Any]]:
     """One dict per model: rates and relative improvements (percent, 2 decimals; None where
     missing). Column names: ``<preset>_<metric>``, ``<preset>_rel_impr``, ``avg``,
-    ``avg_rel_impr``."""
+    ``avg_rel_impr``; then ``seeds`` (the training seeds averaged, space-separated; empty for a
+    single evaluation) and, per preset and for ``avg``: ``_sd`` (over seeds; empty for one),
+    ``_low`` and ``_high`` (the bootstrap interval), ``_p_better`` and ``_p_worse`` (shares of
+    paired resamples in which the model is better / worse than the base) and ``_vs_base``
+    (better, worse or not distinguishable)."""
     rows = []
     for name, label in table.models:
         row: dict[str, Any] = {"model": name, "label": label}
@@ -176,26 +277,69 @@ def csv_rows(table: ResultsTable) -> list[dict[str, Any]]:
             row[f"{preset}_rel_impr"] = _round(table.improvement(name, preset))
         row["avg"] = _round(table.average(name))
         row["avg_rel_impr"] = _round(table.improvement(name, None))
+        row["seeds"] = " ".join(map(str, table.seeds(name)))
+        for preset in (*table.presets, None):
+            cell = table.cells.get((name, preset))
+            low, high = (cell.interval if cell and cell.interval else (None, None))
+            prefix = preset or "avg"
+            row[f"{prefix}_sd"] = _percent(cell.sd if cell else None)
+            row[f"{prefix}_low"] = _percent(low)
+            row[f"{prefix}_high"] = _percent(high)
+            row[f"{prefix}_p_better"] = _share(cell.p_better if cell else None)
+            row[f"{prefix}_p_worse"] = _share(cell.p_worse if cell else None)
+            row[f"{prefix}_vs_base"] = cell.verdict if cell else None
         rows.append(row)
     return rows
 
 
+def _cell_text(table: ResultsTable, name: str, preset: str | None) -> str:
+    """``mean[ ± sd][ [low, high]][ (+gain%)][ ≈]`` in percent; the sd part only when some row
+    averages seeds (then a single evaluation shows ``± n/a``)."""
+    value = table.rate_percent(name, preset) if preset is not None else table.average(name)
+    if value is None:
+        return MISSING
+    text = f"{value:.2f}"
+    cell = table.cells.get((name, preset))
+    if table.seeded:
+        text += " ± n/a" if cell is None or cell.sd is None else f" ± {100 * cell.sd:.2f}"
+    if cell is not None:
+        text += " " + format_interval(cell.interval)
+    gain = table.improvement(name, preset)
+    if gain is not None:
+        text += f" ({gain:+.2f}%)"
+    if cell is not None and cell.indistinguishable:
+        text += f" {NOT_DISTINGUISHABLE}"
+    return text
+
+
 def display_rows(table: ResultsTable) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells: ``12.34 (+5.67%)``, ``missing`` for absent rates."""
+    """Header and formatted cells: ``12.34 (+5.67%)``, ``missing`` for absent rates; with
+    intervals ``12.34 [11.02, 13.71] (+5.67%)``, with seeds ``12.34 ± 0.41 [...] ...``, and
+    ``≈`` after a cell not distinguishable from the base."""
+    header = ["model", *(table.column(p) for p in table.presets), "avg"]
+    body = [[label, *(_cell_text(table, name, p) for p in (*table.presets, None))]
+            for name, label in table.models]
+    return header, body
+
+
+def comparison_rows(table: ResultsTable) -> tuple[list[str], list[list[str]]]:
+    """The paired bootstrap against the base: per model (the base excepted) and preset, the
+    share of resamples in which the model is better, ``(worse)`` when it is worse in at least
+    the confidence share, ``n/a`` without per-utterance rows."""
     header = ["model", *(table.column(p) for p in table.presets), "avg"]
     body = []
     for name, label in table.models:
+        if name == table.base:
+            continue
         cells = [label]
-        values = [(table.rate_percent(name, p), table.improvement(name, p))
-                  for p in table.presets]
-        values.append((table.average(name), table.improvement(name, None)))
-        for value, gain in values:
-            if value is None:
-                cells.append(MISSING)
-            elif gain is None:
-                cells.append(f"{value:.2f}")
+        for preset in (*table.presets, None):
+            cell = table.cells.get((name, preset))
+            if cell is None or cell.p_better is None:
+                cells.append("n/a")
             else:
-                cells.append(f"{value:.2f} ({gain:+.2f}%)")
+                worse = " (worse)" if cell.verdict == "worse" else ""
+                mark = f" {NOT_DISTINGUISHABLE}" if cell.indistinguishable else ""
+                cells.append(f"{cell.p_better:.3f}{worse}{mark}")
         body.append(cells)
     return header, body
 
@@ -400,6 +544,49 @@ def _provenance_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def _uncertainty_notes(table: ResultsTable, base_label: str | None) -> list[str]:
+    """The table's footnotes: what ±, the brackets and the marker mean, and the seeds."""
+    notes = []
+    models = dict(table.models)
+    if table.seeded:
+        seeded = "; ".join(f"{models[m]}: seeds {', '.join(map(str, table.seeds(m)))}"
+                           for m, _ in table.models if len(table.runs.get(m, [])) > 1)
+        notes.append(f"Mean over training seeds ± their sd (n/a: one evaluation, no seeds to "
+                     f"compare). {seeded}.")
+    elif table.runs:
+        notes.append("One evaluation per model (no training seeds): no sd over seeds.")
+    boot = table.bootstrap
+    if boot is not None and table.cells:
+        level = f"{100 * boot.confidence:g} %"
+        notes.append(f"In brackets: {level} percentile bootstrap interval over utterances "
+                     f"({boot.resamples} resamples; each resample recomputes the corpus rate "
+                     "from the drawn utterances' edit counts, and with seeds averages the "
+                     "seeds' rates on the same draw; avg: presets resampled independently).")
+        if base_label and any(c.p_better is not None for c in table.cells.values()):
+            notes.append(f"{NOT_DISTINGUISHABLE}: not distinguishable from `{base_label}`: "
+                         f"in the paired bootstrap (same utterance draws for both) the model is "
+                         f"better in fewer than {level} of the resamples and worse in fewer "
+                         f"than {level}.")
+    if table.no_rows:
+        notes.append(f"No interval ({len(table.no_rows)}): "
+                     + ", ".join(f"{m}/{p}" for m, p in table.no_rows)
+                     + " (no test_<preset>.jsonl beside the summary).")
+    return [line for note in notes for line in (note, "")]
+
+
+def _comparison_section(table: ResultsTable, base_label: str | None) -> list[str]:
+    if not base_label or not any(c.p_better is not None for c in table.cells.values()):
+        return []
+    header, body = comparison_rows(table)
+    return ["## Paired bootstrap against the base", "",
+            f"Share of resamples in which the model's error rate is lower than "
+            f"`{base_label}`'s on the same drawn utterances (ties, e.g. identical outputs, "
+            f"count as not better). (worse): worse in at least "
+            f"{100 * table.bootstrap.confidence:g} % of the resamples; "
+            f"{NOT_DISTINGUISHABLE}: neither.", "",
+            markdown_table(header, body), ""]
+
+
 def render_markdown(inputs: ReportInputs, *, title: str = "audio-opd results") -> str:
     table = inputs.table
     base_label = dict(table.models).get(table.base) if table.base else None
@@ -409,10 +596,12 @@ def render_markdown(inputs: ReportInputs, *, title: str = "audio-opd results") -
                   "((base - model) / base; positive = fewer errors). avg: mean over the presets "
                   "(only when every preset has a result).", ""]
     lines += [results_markdown(table), ""]
+    lines += _uncertainty_notes(table, base_label)
     missing = table.missing()
     if missing:
         lines += [f"Missing ({len(missing)}): " + ", ".join(f"{m}/{p}" for m, p in missing)
                   + " (no summary_<preset>.json).", ""]
+    lines += _comparison_section(table, base_label)
     for plot_title, name in inputs.plots.items():
         lines += [f"![{plot_title}]({name})", ""]
     if inputs.training:
