@@ -9,10 +9,10 @@ blocked-token mask and stop rule (static KV cache and transformers' compiled ste
 teacher also recording each token's log-prob (teacher data's filters need it). Random weights
 rarely stop, so nearly every clip generates --max-new-tokens tokens: the worst case.
 
-For each model and --batch-sizes value, after one warm-up pass over the same clips: audio
-seconds per second (= RTFx), generated tokens per second, seconds per batch, peak GPU memory;
-with --compare, plain transformers generate (dynamic and static cache) on the same first batch,
-features prebuilt, for the ratio.
+For each model, --batch-sizes value and --loader-workers value, after one warm-up pass over the
+same clips: audio seconds per second (= RTFx), generated tokens per second, seconds per batch,
+peak GPU memory; with --compare, plain transformers generate (dynamic and static cache) on the
+same first batch, features prebuilt, for the ratio.
 
     python -m benchmarks.bench_transcribe --json transcribe.json            # real size, CUDA
     python -m benchmarks.bench_transcribe --small --batch-sizes 2 --batches 1   # CPU smoke check
@@ -72,35 +72,39 @@ def hf_generate(adapter, utterances, max_new_tokens: int, cache: str | None, dev
 
 
 def measure(name: str, adapter, clips, batch_sizes, batches: int, max_new_tokens: int,
-            logprobs: bool, compare: bool, device) -> list[dict]:
+            logprobs: bool, compare: bool, device, loader_workers: list[int]) -> list[dict]:
     rows = []
     for size in batch_sizes:
         utterances = clips[: size * batches]
-        transcribe(adapter, utterances, batch_size=size, max_new_tokens=max_new_tokens,
-                   logprobs=logprobs, progress=False)  # warm-up: compilation, allocator
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sync(device)
-        result = transcribe(adapter, utterances, batch_size=size,
-                            max_new_tokens=max_new_tokens, logprobs=logprobs, progress=False)
-        sync(device)
-        audio = sum(u.duration for u in utterances)
-        tokens = sum(t.generated for t in result.transcripts)
-        row = {"model": name, "batch_size": size, "clips": len(utterances),
-               "audio_seconds_per_second": audio / result.decode_seconds,
-               "tokens_per_second": tokens / result.decode_seconds,
-               "seconds_per_batch": result.decode_seconds / result.batches,
-               "generated_tokens": tokens,
-               "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30
-                                   if device.type == "cuda" else None)}
+        compared = {}
         if compare:
             first = utterances[:size]
             seconds = size * first[0].duration
             for cache, key in ((None, "hf_dynamic"), ("static", "hf_static")):
                 spent = hf_generate(adapter, first, max_new_tokens, cache, device)
-                row[f"{key}_audio_seconds_per_second"] = seconds / spent
-        print(json.dumps(row), file=sys.stderr)
-        rows.append(row)
+                compared[f"{key}_audio_seconds_per_second"] = seconds / spent
+        for workers in loader_workers:
+            options = {"batch_size": size, "max_new_tokens": max_new_tokens,
+                       "logprobs": logprobs, "progress": False, "loader_workers": workers}
+            transcribe(adapter, utterances, **options)  # warm-up: compilation, allocator
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync(device)
+            result = transcribe(adapter, utterances, **options)
+            sync(device)
+            audio = sum(u.duration for u in utterances)
+            tokens = sum(t.generated for t in result.transcripts)
+            row = {"model": name, "batch_size": size, "loader_workers": workers,
+                   "clips": len(utterances),
+                   "audio_seconds_per_second": audio / result.decode_seconds,
+                   "tokens_per_second": tokens / result.decode_seconds,
+                   "seconds_per_batch": result.decode_seconds / result.batches,
+                   "generated_tokens": tokens,
+                   "peak_memory_gib": (torch.cuda.max_memory_allocated() / 2**30
+                                       if device.type == "cuda" else None),
+                   **compared}
+            print(json.dumps(row), file=sys.stderr)
+            rows.append(row)
     return rows
 
 
@@ -109,7 +113,12 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke check)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 128])
-    p.add_argument("--batches", type=int, default=2, help="batches timed per batch size")
+    p.add_argument("--batches", type=int, default=4,
+                   help="batches timed per batch size (the first one's loading and encoding "
+                        "is not overlapped: a real run has thousands)")
+    p.add_argument("--loader-workers", type=int, nargs="+", default=[0, 4],
+                   help="loader processes (stages.models.transcribe.prefetched); each value "
+                        "is timed")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--models", nargs="+", choices=["teacher", "student"],
@@ -132,7 +141,7 @@ def main() -> int:
         adapter = load_adapter(str(args.workdir / name), device=device, dtype=dtype)
         rows += measure(name, adapter, clips, args.batch_sizes, args.batches,
                         args.max_new_tokens, logprobs=name == "teacher", compare=args.compare,
-                        device=device)
+                        device=device, loader_workers=args.loader_workers)
         if args.json:  # what is measured so far survives a time limit
             args.json.write_text(json.dumps({"rows": rows}, indent=2))
         del adapter

@@ -153,7 +153,8 @@ def main(args: argparse.Namespace) -> int:
         torch.cuda.reset_peak_memory_stats(device)
 
     result = transcribe(adapter, utterances, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, language_hint=language_hint)
+                        max_new_tokens=args.max_new_tokens, language_hint=language_hint,
+                        loader_workers=args.loader_workers)
     scored, summary = score_rows(prediction_rows(result), args.metric, normalize,
                                  source=str(args.output))
 

@@ -155,8 +155,12 @@ def main(args: argparse.Namespace) -> int:
     mine = {u.id for b in batches for u in b}
     utterances = [u for u in pool if u.id in mine]  # pool order
     family = args.family or family_of(args.teacher, trust_remote_code=args.trust_remote_code)
+    # Loader processes compute features on the CPU (equal to the GPU's within 1e-5, but a
+    # resumed shard should not mix the two).
+    features_on = "cpu" if args.loader_workers > 0 else device.type
     generation = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-                  "dtype": dtype_name(dtype), "device_type": device.type}
+                  "dtype": dtype_name(dtype), "device_type": device.type,
+                  "features_on": features_on}
     header = {"pool_sha256": file_sha256(args.input), "shard": args.shard,
               "num_shards": args.num_shards, "teacher": str(args.teacher),
               "teacher_fingerprint": fingerprint(args.teacher), "family": family,
@@ -184,7 +188,8 @@ def main(args: argparse.Namespace) -> int:
         return adapter
 
     partial = PartialLog(f"{args.output}.partial", header)
-    run = transcribe_shard(load_teacher, batches, partial, max_new_tokens=args.max_new_tokens)
+    run = transcribe_shard(load_teacher, batches, partial, max_new_tokens=args.max_new_tokens,
+                           loader_workers=args.loader_workers)
 
     filter_start = time.perf_counter()
     rows = [teacher_row(u, run.records[u.id]) for u in utterances]

@@ -9,8 +9,10 @@ summary fields, and one real process.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -306,3 +308,48 @@ def test_any_model_failure_is_an_error_naming_the_batch(adapters, corpus, monkey
     with pytest.raises(DecodeError, match="returned 3 responses for 4 clips") as caught:
         transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False)
     assert caught.value.ids == batches[0]
+
+
+@pytest.mark.parametrize("name", ["teacher", "student"])
+def test_loader_processes_encode_every_clip_and_decode_the_same(adapters, corpus, name,
+                                                                monkeypatch):
+    """With loader workers each batch is read and encoded in forked processes: the decoding
+    process encodes nothing, the transcripts are those of in-process encoding (features on the
+    CPU either way here), and nothing is kept once the batches are gone."""
+    adapter = adapters[name]
+    utterances = read_utterances(corpus)
+    plain = transcribe(adapter, utterances, batch_size=4, max_new_tokens=MAX_NEW,
+                       progress=False).transcripts
+    encoded_here = []
+    real_encode = adapter._encode_clip
+
+    def recording_encode(audio, language, **kwargs):
+        encoded_here.append(os.getpid())  # the forked loaders append to their own copies
+        return real_encode(audio, language, **kwargs)
+
+    monkeypatch.setattr(adapter, "_encode_clip", recording_encode)
+    loaded = transcribe(adapter, utterances, batch_size=4, max_new_tokens=MAX_NEW,
+                        progress=False, loader_workers=2).transcripts
+    assert [(t.text, t.tokens, t.stopped) for t in loaded] == [
+        (t.text, t.tokens, t.stopped) for t in plain]
+    assert encoded_here == []
+    gc.collect()
+    assert len(adapter._encodings) == 0
+
+
+def test_a_loader_process_error_reaches_its_batch_unchanged(adapters, corpus, monkeypatch):
+    adapter = adapters["student"]
+    utterances = read_utterances(corpus)
+    batches = [[u.id for u in b] for b in duration_sorted_batches(utterances, 4)]
+    real_encode = adapter._encode_clip
+
+    def failing_encode(audio, language, **kwargs):
+        if len(audio) < 16000 * 0.7:  # the 0.6 s clip, in the last (shortest) batch
+            raise ValueError("feature extractor fell over")
+        return real_encode(audio, language, **kwargs)
+
+    monkeypatch.setattr(adapter, "_encode_clip", failing_encode)
+    with pytest.raises(DecodeError, match=r"ValueError: feature extractor fell over\.") as caught:
+        transcribe(adapter, utterances, batch_size=4, max_new_tokens=2, progress=False,
+                   loader_workers=2)
+    assert caught.value.ids == batches[-1]

@@ -451,13 +451,16 @@ class AsrAdapter:
             self._prompt_cache[language] = self._render_prompt(audio, language)
         return self._prompt_cache[language]
 
-    def _encode_clip(self, audio: np.ndarray, language: str | None) -> Encoding:
+    def _encode_clip(self, audio: np.ndarray, language: str | None, *,
+                     on_host: bool = False) -> Encoding:
         clip = np.asarray(audio, dtype=np.float32)
         if clip.ndim != 1 or clip.size == 0:
             raise ValueError(f"expected a non-empty mono clip, got shape {clip.shape}")
         # On CUDA the log-mel features are computed there too (transformers' torch STFT; equal
         # to the CPU ones within 1e-5): on the CPU they cost more than a decoding step.
-        extra = {"device": str(self.device)} if self.device.type == "cuda" else {}
+        # ``on_host``: in a loader process, which must not touch the GPU.
+        gpu = not on_host and self.device.type == "cuda"
+        extra = {"device": str(self.device)} if gpu else {}
         out = self.processor(text=[self._prompt_text(clip, language)], audio=[clip],
                              return_tensors="pt", **extra)
         keep = out["attention_mask"][0].bool() if "attention_mask" in out else slice(None)
@@ -479,6 +482,21 @@ class AsrAdapter:
                 self._encodings.put(audio, language, encoding)
             encoded.append(encoding)
         return encoded
+
+    def encode_on_host(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+                       ) -> list[Encoding]:
+        """Each clip's encoding computed on the CPU, touching neither the model nor the GPU:
+        what a loader process (forked from this one) runs; the decoding process hands the
+        results to :meth:`remember_encodings`."""
+        return [self._encode_clip(a, lang, on_host=True)
+                for a, lang in zip(audios, languages, strict=True)]
+
+    def remember_encodings(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
+                           encodings: Sequence[Encoding]) -> None:
+        """Use ``encodings`` (made elsewhere, e.g. by :meth:`encode_on_host`) for these clips
+        while they live."""
+        for audio, language, encoding in zip(audios, languages, encodings, strict=True):
+            self._encodings.put(audio, language, encoding)
 
     def build_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None],
                     responses: Sequence[Sequence[int]] | None = None) -> PromptBatch:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import torch
+import torch.utils.data
 from tqdm import tqdm
 
 from stages.common.errors import UserError
@@ -71,12 +73,19 @@ class Decoding:
 
     batch_size: int = setting(16, help="utterances per batch; lower it on out-of-memory")
     max_new_tokens: int = setting(256, help="response length cap in tokens")
+    loader_workers: int = setting(
+        0, help="processes that read and encode the next batches (prompts, features on the "
+                "CPU) while one decodes; 0: a thread reads the audio and the decoder encodes "
+                "(features on the GPU when decoding there). Each is a CPU core; on a CPU-only "
+                "host they compete with decoding for the cores")
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got "
                                 f"{getattr(self, name)}")
+        if self.loader_workers < 0:
+            raise UserError(f"--loader-workers must be 0 or more, got {self.loader_workers}")
 
 
 @dataclass(frozen=True)
@@ -99,12 +108,27 @@ def _describe(err: BaseException) -> str:
     return text if isinstance(err, UserError) else f"{type(err).__name__}: {text}"
 
 
-def prefetched(batches: Sequence[Sequence[Utterance]]
-               ) -> Iterator[tuple[Sequence[Utterance], Callable[[], AudioBatch]]]:
-    """Each batch with a loader for its audio, read in a background thread while the previous
-    batch decodes (file reading and resampling stay off the decoder's critical path). A loading
-    error surfaces when its loader is called."""
+Loader = Callable[[], AudioBatch]
+
+
+def prefetched(batches: Sequence[Sequence[Utterance]], adapter: AsrAdapter | None = None, *,
+               language_hint: bool = True, workers: int = 0
+               ) -> Iterator[tuple[Sequence[Utterance], Loader]]:
+    """Each batch with a loader for its audio, prepared while the previous batch decodes.
+
+    ``workers`` 0: one thread reads the audio (file reading and resampling stay off the
+    decoder's path) and the decoder encodes. ``workers`` > 0 (with ``adapter``): that many
+    processes read the audio and also encode each clip (prompt ids, features on the CPU), so
+    the decoding process does not spend the host time encoding takes between two batches; a
+    thread would not do: encoding and the decoding loop are both Python and share the GIL
+    (measured: decoding slowed by as much as encoding took). A loading or encoding error
+    surfaces, unchanged, when its loader is called."""
     if not batches:
+        return
+    if workers > 0:
+        if adapter is None:
+            raise ValueError("encoding in loader processes needs the adapter")
+        yield from _encoded_in_processes(batches, adapter, language_hint, workers)
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audio-prefetch") as pool:
         pending = pool.submit(load_batch, batches[0])
@@ -113,6 +137,51 @@ def prefetched(batches: Sequence[Sequence[Utterance]]
             if index + 1 < len(batches):
                 pending = pool.submit(load_batch, batches[index + 1])
             yield group, current.result
+
+
+class _EncodedBatches(torch.utils.data.Dataset):
+    """Batch ``i``: its audio as tensors (shared memory, no copy through the pipe) and each
+    clip's encoding, or the exception that stopped it (re-raised as is by its loader)."""
+
+    def __init__(self, batches: Sequence[Sequence[Utterance]], adapter: AsrAdapter,
+                 language_hint: bool) -> None:
+        self.batches, self.adapter, self.language_hint = batches, adapter, language_hint
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int):
+        group = self.batches[index]
+        try:
+            batch = load_batch(group)
+            languages = prompt_languages(self.adapter, group, self.language_hint)
+            encodings = self.adapter.encode_on_host(batch.audios, languages)
+            return [torch.from_numpy(a) for a in batch.audios], languages, encodings
+        except Exception as err:  # noqa: BLE001 - handed to the decoding process as is
+            return err
+
+
+def _encoded_in_processes(batches, adapter: AsrAdapter, language_hint: bool, workers: int
+                          ) -> Iterator[tuple[Sequence[Utterance], Loader]]:
+    # Forked: the adapter is inherited, not pickled (its model may be on the GPU, which the
+    # loaders never touch). One batch per loader call, in order.
+    loader = torch.utils.data.DataLoader(
+        _EncodedBatches(batches, adapter, language_hint), batch_size=None, shuffle=False,
+        num_workers=workers, prefetch_factor=2, multiprocessing_context="fork")
+    for group, item in zip(batches, loader, strict=True):
+        if isinstance(item, Exception):
+            def failed(err=item):
+                raise err
+            yield group, failed
+            continue
+        tensors, languages, encodings = item
+        batch = AudioBatch(list(group), [t.numpy() for t in tensors])
+        adapter.remember_encodings(batch.audios, languages, encodings)
+        yield group, _returning(batch)
+
+
+def _returning(batch: AudioBatch) -> Loader:
+    return lambda: batch
 
 
 def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tokens: int,
@@ -170,7 +239,7 @@ def transcribe_batch(adapter: AsrAdapter, utterances: Sequence[Utterance], *,
 
 def transcribe(adapter: AsrAdapter, utterances: Sequence[Utterance], *, batch_size: int,
                max_new_tokens: int, language_hint: bool = True, logprobs: bool = False,
-               progress: bool = True) -> TranscriptionResult:
+               progress: bool = True, loader_workers: int = 0) -> TranscriptionResult:
     """Greedy-decode every utterance in duration-sorted batches; transcripts in input order."""
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -184,7 +253,9 @@ def transcribe(adapter: AsrAdapter, utterances: Sequence[Utterance], *, batch_si
                disable=not progress, mininterval=2, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        for batch, loader in prefetched(list(duration_sorted_batches(utterances, batch_size))):
+        batches_in_order = list(duration_sorted_batches(utterances, batch_size))
+        for batch, loader in prefetched(batches_in_order, adapter, language_hint=language_hint,
+                                        workers=loader_workers):
             for transcript in transcribe_batch(adapter, batch, max_new_tokens=max_new_tokens,
                                                language_hint=language_hint, logprobs=logprobs,
                                                loader=loader):

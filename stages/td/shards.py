@@ -200,11 +200,12 @@ def pending_batches(batches: Sequence[Sequence[Utterance]], done: dict[str, Any]
 
 def transcribe_shard(adapter_factory, batches: Sequence[Sequence[Utterance]],
                      partial: PartialLog, *, max_new_tokens: int,
-                     progress: bool = True) -> ShardRun:
+                     progress: bool = True, loader_workers: int = 0) -> ShardRun:
     """Transcribe the batches not yet in ``partial``, appending each one as it completes.
 
     ``adapter_factory()`` loads the teacher; it is only called when work remains, so a shard
-    that died after its last batch finishes without loading the model.
+    that died after its last batch finishes without loading the model. ``loader_workers``: see
+    :func:`stages.models.transcribe.prefetched`.
     """
     records = partial.load()
     todo = pending_batches(batches, records)
@@ -223,7 +224,7 @@ def transcribe_shard(adapter_factory, batches: Sequence[Sequence[Utterance]],
                disable=not progress, mininterval=5, dynamic_ncols=True)
     start = time.perf_counter()
     with bar:
-        for batch, loader in prefetched(todo):
+        for batch, loader in prefetched(todo, adapter, workers=loader_workers):
             try:
                 new = transcribe_records(adapter, batch, max_new_tokens=max_new_tokens,
                                          loader=loader)
