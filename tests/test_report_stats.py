@@ -315,3 +315,11 @@ def test_seeds_option_selects_and_requires_seed_folders(seeded_eval, tmp_path, c
     assert run(seeded_eval, tmp_path / "r", "--seeds", "1", "4") == 1
     assert "opd_base has no evaluation of seed(s) 4 (expected folders opd_base@seed4)" in \
         capsys.readouterr().err
+
+
+def test_one_training_seed_is_named_in_the_footnote(seeded_eval, tmp_path):
+    out = tmp_path / "report"
+    assert run(seeded_eval, out, "--seeds", "2") == 0
+    markdown = (out / "report.md").read_text()
+    assert "One training seed per model (base+OPD: seed 2): no sd over seeds." in markdown
+    assert "no training seeds" not in markdown

@@ -553,6 +553,10 @@ def _uncertainty_notes(table: ResultsTable, base_label: str | None) -> list[str]
                            for m, _ in table.models if len(table.runs.get(m, [])) > 1)
         notes.append(f"Mean over training seeds ± their sd (n/a: one evaluation, no seeds to "
                      f"compare). {seeded}.")
+    elif any(table.seeds(m) for m, _ in table.models):
+        trained = "; ".join(f"{models[m]}: seed {table.seeds(m)[0]}"
+                            for m, _ in table.models if table.seeds(m))
+        notes.append(f"One training seed per model ({trained}): no sd over seeds.")
     elif table.runs:
         notes.append("One evaluation per model (no training seeds): no sd over seeds.")
     boot = table.bootstrap
