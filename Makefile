@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 CORES ?= all
+# Extras of the project to install: dev (pytest, ruff, snakefmt) and slurm (the Slurm executor
+# plugin, which tests/test_slurm.py needs; pure Python). EXTRAS=dev leaves the plugin out.
+EXTRAS ?= dev,slurm
 SNAKEMAKE_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -17,7 +20,7 @@ help:
 	@echo "make test   build $(VENV), then run lint checks and the test suite"
 	@echo "make lint   ruff + snakefmt --check + snakemake --lint"
 	@echo "make clean  remove results/ and .snakemake/ (keeps $(VENV))"
-	@echo "variables:  PYTHON=$(PYTHON) VENV=$(VENV) TORCH='$(TORCH)' CORES=$(CORES)"
+	@echo "variables:  PYTHON=$(PYTHON) VENV=$(VENV) TORCH='$(TORCH)' CORES=$(CORES) EXTRAS=$(EXTRAS)"
 
 install: $(STAMP)
 
@@ -25,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	@touch $@
 
 # The whole demo DAG (README "The pipeline"), timed; then the HTML report and the results table.

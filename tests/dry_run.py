@@ -1,9 +1,9 @@
 """The jobs a Snakemake dry run plans, and their shell commands parsed by the stages' own parsers.
 
-``planned_jobs`` runs ``snakemake -n -p --forceall`` and returns every job's rule and shell
-command; ``stage_call`` finds the ``-m stages.<name>`` call inside a command (after any launcher
-such as ``torchrun`` or ``srun``) and parses its arguments with that stage's ``build_parser()``,
-exactly as the job would. The workflow contract tests use them.
+``planned_jobs`` runs ``snakemake -n -p --forceall`` and returns every job's rule, shell
+command and input files; ``stage_call`` finds the ``-m stages.<name>`` call inside a command
+(after any launcher such as ``torchrun`` or ``srun``) and parses its arguments with that stage's
+``build_parser()``, exactly as the job would. The workflow contract tests use them.
 """
 
 from __future__ import annotations
@@ -22,13 +22,16 @@ from tests.conftest import BIN, ROOT
 
 # Cores of the dry run: a job's threads (and options fed from them) are capped at it.
 CORES = 4
-_JOB = re.compile(r"^rule (\w+):\n(?:(?!^rule ).*\n)*?Shell command: (.*)$", re.M)
+_JOB = re.compile(r"^rule (\w+):\n((?:(?!^rule ).*\n)*?)Shell command: (.*)$", re.M)
+_INPUT = re.compile(r"^\s+input: (.*)$", re.M)
 
 
 @dataclass(frozen=True)
 class Job:
     rule: str
     command: str
+    # The job's input files, as the dry run lists them.
+    inputs: tuple[str, ...] = ()
 
 
 def planned_jobs(env: dict[str, str], *configfiles: Path, targets: tuple[str, ...] = ()
@@ -43,7 +46,12 @@ def planned_jobs(env: dict[str, str], *configfiles: Path, targets: tuple[str, ..
     output = done.stdout + done.stderr
     if done.returncode != 0:
         raise AssertionError(f"dry run failed:\n{output[-4000:]}")
-    return [Job(m[1], m[2].strip()) for m in _JOB.finditer(output)]
+    jobs = []
+    for match in _JOB.finditer(output):
+        listed = _INPUT.search(match[2])
+        inputs = tuple(listed[1].split(", ")) if listed else ()
+        jobs.append(Job(match[1], match[3].strip(), inputs))
+    return jobs
 
 
 def stage_argv(command: str) -> tuple[str, list[str]]:

@@ -16,7 +16,11 @@ from tests.conftest import BIN, ROOT
 pytestmark = pytest.mark.slow
 
 PRESETS = ["aishell", "meeting", "net", "clean", "other"]
+# Rows of the report; the trained ones are evaluated once per seed (config `seeds`: the demo's
+# one seed, 0) under eval/<model>@seed<k>/.
 MODELS = ["student_base", "opd_base", "opd_td_adapted", "teacher"]
+SEED = 0
+EVALUATIONS = ["student_base", f"opd_base@seed{SEED}", f"opd_td_adapted@seed{SEED}", "teacher"]
 
 
 def small_config(out: str) -> dict:
@@ -53,18 +57,20 @@ def test_demo_dag_end_to_end(tmp_path, venv_env):
 
     for name in ["train", "td_pool", *PRESETS]:
         assert json.loads((out / "data" / f"{name}.report.json").read_text())["rejected"] == []
-    for model in ["teacher", "student_base", "student_td_adapted", "opd_base", "opd_td_adapted"]:
+    for model in ["teacher", "student_base", f"student_td_adapted@seed{SEED}",
+                  f"opd_base@seed{SEED}", f"opd_td_adapted@seed{SEED}"]:
         assert (out / "models" / model / "config.json").is_file(), model
     for recipe in ["base", "td_adapted"]:
-        assert (out / "calibrate" / recipe / "calibration.json").is_file()
-        metrics = (out / "train" / f"opd_{recipe}" / "metrics.jsonl").read_text().splitlines()
+        assert (out / "calibrate" / f"{recipe}@seed{SEED}" / "calibration.json").is_file()
+        run = out / "train" / f"opd_{recipe}@seed{SEED}"
+        metrics = (run / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(row)["step"] for row in metrics] == [1, 2, 3, 4]
-        card = (out / "models" / f"opd_{recipe}" / "README.md").read_text()
+        card = (out / "models" / f"opd_{recipe}@seed{SEED}" / "README.md").read_text()
         assert "opd" in card.lower()
     td_rows = (out / "td" / "td.jsonl").read_text().splitlines()
     td_rejects = (out / "td" / "rejects.jsonl").read_text().splitlines()
     assert len(td_rows) + len(td_rejects) == 12  # every pool clip kept or rejected, none lost
-    for model in MODELS:
+    for model in EVALUATIONS:
         for preset in PRESETS:
             summary = json.loads((out / "eval" / model / f"summary_{preset}.json").read_text())
             assert summary["utterances"] == 4 and summary["rtfx"] > 0
@@ -78,5 +84,9 @@ def test_demo_dag_end_to_end(tmp_path, venv_env):
         for preset in PRESETS:
             cell = [value for key, value in table[model].items() if key.startswith(preset)]
             assert cell and cell[0] not in ("", "missing"), (model, preset, table[model])
+            # An interval from the rows files, for every cell.
+            assert table[model][f"{preset}_low"] and table[model][f"{preset}_high"]
+    # The trained rows are the one seed's runs; the others are single evaluations.
+    assert [table[m]["seeds"] for m in MODELS] == ["", str(SEED), str(SEED), ""]
     for png in ["error_rates.png", "training_curves.png", "td_filters.png"]:
         assert (out / "report" / png).stat().st_size > 1000

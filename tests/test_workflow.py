@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -177,7 +178,11 @@ def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
     assert "synth_demo" not in jobs and "bootstrap" not in jobs
     assert jobs["teacher_data"] == 16 and jobs["evaluate"] == 20 and jobs["train_opd"] == 2
     shell = snakemake("-n", "-p", "--configfile", str(path), env=venv_env).stdout
-    assert "torchrun --nnodes $SLURM_NNODES --nproc_per_node 8" in shell
+    # Training: one Slurm task per node (3), each a torchrun of 8 processes.
+    assert "srun --nodes 3 --ntasks 3 " in shell
+    assert ('-m torch.distributed.run --nnodes "$SLURM_NTASKS" --nproc_per_node 8 '
+            '--rdzv_backend c10d --rdzv_id "$SLURM_JOB_ID" --rdzv_endpoint '
+            '"$SLURM_LAUNCH_NODE_IPADDR:') in shell
     assert "--teacher Qwen/Qwen3-ASR-1.7B" in shell and "--top-k 32" in shell
 
 
@@ -192,6 +197,7 @@ def write_yaml(path, data):
     ({"opdd": {"lr": 1e-3}}, "opdd"),
     ({"outputdir": "elsewhere"}, "outputdir"),
     ({"opd": {"step": {"top_kk": 8}}}, "top_kk"),
+    ({"opd": {"seed": 3}}, "seed"),  # seeds are the top-level list `seeds`
     ({"teacher_data": {"max_ce": 0.2}}, "max_ce"),
     ({"bootstrap": {"teacher": {"learning_rate": 1.0}}}, "learning_rate"),
     ({"tiny_models": {"spec": {"student": {"layer": 2}}}}, "layer"),
@@ -242,7 +248,7 @@ def test_tiny_spec_schema_matches_the_library():
 # ---- the contract between the rules and the stage CLIs ---------------------------------------
 
 # Keys the workflow itself acts on (workflow/rules/common.smk: WORKFLOW_KEYS).
-WORKFLOW_KEYS = {"gpus", "launcher", "threads", "workers", "recipes", "shards",
+WORKFLOW_KEYS = {"gpus", "nodes", "launcher", "threads", "workers", "recipes", "shards",
                  "student_td_adapted"}
 
 
@@ -309,19 +315,35 @@ def check_job(job, config):
         assert args.num_shards == config["teacher_data"]["shards"]
     elif rule == "td_adapt":
         assert_options(rule, args, config["td_adapt"])
+        # One run per seed, named after it: train/td_adapt@seed<k> -> student_td_adapted@seed<k>.
+        assert args.seed in config["seeds"]
+        assert Path(args.output_dir).name == f"td_adapt@seed{args.seed}"
+        assert Path(args.export_dir).name == f"student_td_adapted@seed{args.seed}"
     elif rule == "calibrate":
         assert_options(rule, args, config["calibrate"])
         assert_options(rule, args, config["opd"]["step"])
-        assert args.seed == config["opd"]["seed"]
+        # The seed of the training run it gates (it previews that run's first batches).
+        recipe, seed = seeded_name(Path(args.output).parent.name)
+        assert args.seed == seed and seed in config["seeds"]
+        assert_recipe_student(args.student, recipe, seed)
     elif rule == "train_opd":
         assert_options(rule, args, config["opd"], skip=("step",))
         assert_options(rule, args, config["opd"]["step"])
+        run, seed = seeded_name(Path(args.output_dir).name)
+        assert args.seed == seed and seed in config["seeds"]
+        assert Path(args.calibration).parent.name == f"{run.removeprefix('opd_')}@seed{seed}"
+        assert_recipe_student(args.student, run.removeprefix("opd_"), seed)
+    elif rule == "report":
+        assert_options(rule, args, config["report"])
+        assert args.seeds == config["seeds"]
+        # Rows are models, never one of their seed folders.
+        assert all("@" not in name for name, _ in args.models), args.models
     elif rule == "evaluate":
         assert_options(rule, args, config["evaluate"])
         assert_options(rule, args, config["presets"][args.preset], skip=("manifest",))
     elif rule == "export":
         assert_options(rule, args, config["export"])
-    elif rule not in ("td_merge", "report"):
+    elif rule != "td_merge":
         raise AssertionError(f"rule {rule} has no contract check; add one here")
     if rule in ("calibrate", "train_opd"):
         models = config["models"]
@@ -329,6 +351,21 @@ def check_job(job, config):
         assert (args.student_family, args.teacher_family) == (models["student_family"],
                                                               models["teacher_family"])
     return module
+
+
+def seeded_name(folder):
+    """(name, seed) of a per-seed folder `<name>@seed<k>`."""
+    match = re.fullmatch(r"(.+)@seed(\d+)", folder)
+    assert match, f"{folder} is not a per-seed folder <name>@seed<k>"
+    return match[1], int(match[2])
+
+
+def assert_recipe_student(student, recipe, seed):
+    """An OPD recipe starts from the student base, or from the TD-adapted student of its seed."""
+    if recipe == "td_adapted":
+        assert Path(student).name == f"student_td_adapted@seed{seed}", (student, seed)
+    else:
+        assert "student_td_adapted" not in str(student), (student, recipe)
 
 
 def plan_and_check(venv_env, config, *configfiles):
@@ -371,9 +408,71 @@ def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
     assert "evaluate" in rules
     commands = [j.command for j in planned_jobs(venv_env, tmp_path / "variant.yaml")]
     assert any("--rejects" in c for c in commands)  # quarantine names the rejects file
-    assert any(c.startswith("torchrun --standalone --nproc_per_node 2 -m stages.train_opd")
-               for c in commands)
+    assert any(re.search(r"\S+python\S* -m torch.distributed.run --standalone "
+                         r"--nproc_per_node 2 -m stages.train_opd", c) for c in commands)
     assert any("--model-name other_model" in c for c in commands)
+
+
+def test_every_seed_trains_exports_and_evaluates_its_own_models(venv_env, tmp_path):
+    """seeds [1, 2]: TD adaptation and each OPD recipe train once per seed (the td_adapted
+    recipe of seed k from the TD-adapted student of seed k), each run is calibrated, exported and
+    evaluated under `<model>@seed<k>`; the base student and the teacher once; one report that
+    reads every evaluation, summary and rows, with --seeds 1 2."""
+    variant = {"seeds": [1, 2], "evaluate": {"student_td_adapted": True},
+               "report": {"resamples": 200, "bootstrap_seed": 7, "confidence": 0.9}}
+    config = merged(demo_config(), variant)
+    jobs = [j for j in planned_jobs(venv_env, write_yaml(tmp_path / "seeds.yaml", variant))
+            if j.rule != "all"]
+    for job in jobs:
+        check_job(job, config)
+
+    def calls(rule):
+        return [stage_call(j.command)[1] for j in jobs if j.rule == rule]
+
+    assert sorted(args.seed for args in calls("td_adapt")) == [1, 2]
+    assert sorted((Path(a.output_dir).name, a.seed) for a in calls("train_opd")) == [
+        ("opd_base@seed1", 1), ("opd_base@seed2", 2),
+        ("opd_td_adapted@seed1", 1), ("opd_td_adapted@seed2", 2)]
+    assert sorted((Path(a.output).parent.name, a.seed) for a in calls("calibrate")) == [
+        ("base@seed1", 1), ("base@seed2", 2), ("td_adapted@seed1", 1), ("td_adapted@seed2", 2)]
+    assert sorted(Path(a.output).name for a in calls("export")) == [
+        "opd_base@seed1", "opd_base@seed2", "opd_td_adapted@seed1", "opd_td_adapted@seed2"]
+    evaluated = {a.model_name for a in calls("evaluate")}
+    assert evaluated == {"student_base", "teacher", "student_td_adapted@seed1",
+                         "student_td_adapted@seed2", "opd_base@seed1", "opd_base@seed2",
+                         "opd_td_adapted@seed1", "opd_td_adapted@seed2"}
+    assert len(calls("evaluate")) == len(evaluated) * len(config["presets"])
+    for args in calls("evaluate"):  # each seed's evaluation reads that seed's model
+        assert Path(args.model).name in (args.model_name, "student_base", "teacher")
+        assert Path(args.output).parent.name == args.model_name
+
+    [report] = [j for j in jobs if j.rule == "report"]
+    args = stage_call(report.command)[1]
+    assert args.seeds == [1, 2]
+    assert (args.resamples, args.bootstrap_seed, args.confidence) == (200, 7, 0.9)
+    assert [name for name, _ in args.models] == ["student_base", "opd_base", "opd_td_adapted",
+                                                 "teacher", "student_td_adapted"]
+    eval_dir = Path(args.eval_dir)
+    wanted = {str(eval_dir / model / f"{kind}_{preset}.{ext}")
+              for model in evaluated for preset in config["presets"]
+              for kind, ext in (("summary", "json"), ("test", "jsonl"))}
+    assert wanted <= set(report.inputs), sorted(wanted - set(report.inputs))
+    assert sorted(name for name, _ in args.metrics) == [
+        "opd_base@seed1", "opd_base@seed2", "opd_td_adapted@seed1", "opd_td_adapted@seed2"]
+    assert sorted(name for name, _ in args.calibration) == [
+        "base@seed1", "base@seed2", "td_adapted@seed1", "td_adapted@seed2"]
+    for name, path in [*args.metrics, *args.calibration]:
+        assert path in report.inputs or str(Path(path).parent / "train_summary.json") in \
+            report.inputs, (name, path)
+        assert Path(path).parent.name == name
+
+
+@pytest.mark.parametrize("seeds", [[], [1, 1], [-1], [0.5], 3])
+def test_seeds_must_be_a_list_of_distinct_non_negative_integers(venv_env, tmp_path, seeds):
+    path = write_yaml(tmp_path / "seeds.yaml", {"seeds": seeds})
+    result = snakemake("-n", "--configfile", str(path), env=venv_env, check=False)
+    assert result.returncode != 0
+    assert "seeds" in result.stdout + result.stderr
 
 
 def test_the_paper_recipe_inherits_no_demo_value(venv_env, tmp_path):
@@ -394,3 +493,115 @@ def test_a_recipe_that_forgets_demo_enabled_is_refused(venv_env, tmp_path):
                        env=venv_env, check=False)
     assert result.returncode != 0
     assert "demo.enabled is true" in result.stdout + result.stderr
+
+
+# ---- resources, logs, reruns -----------------------------------------------------------------
+
+def planned_resources(env, configfile: Path | None, *args: str) -> list[tuple[str, dict]]:
+    """(rule, resources) of every job of a forced dry run."""
+    extra = ["--configfile", str(configfile)] if configfile else []
+    result = snakemake("-n", "--forceall", *extra, *args, env=env)
+    jobs = []
+    for block in re.split(r"\n(?=rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"rule (\w+):", block)
+        line = re.search(r"^\s+resources: (.*)$", block, re.M)
+        if rule and line and rule[1] != "all":
+            resources = {}
+            for item in re.split(r", (?=\w+=)", line[1]):
+                key, value = item.split("=", 1)
+                resources[key] = int(value) if value.isdigit() else value
+            jobs.append((rule[1], resources))
+    return jobs
+
+
+def test_every_job_asks_for_its_configured_memory_time_and_gpu(venv_env, tmp_path):
+    """Memory and wall time from `resources.<rule>`; a GPU only where the stage's device can be
+    one: the demo's devices are auto (export: cpu); with every device cpu, no job asks."""
+    config = demo_config()
+    gpu_rules = {"bootstrap", "teacher_data", "td_adapt", "calibrate", "train_opd", "evaluate"}
+    jobs = planned_resources(venv_env, None)
+    assert {rule for rule, _ in jobs} >= gpu_rules | {"export", "validate", "report"}
+    for rule, resources in jobs:
+        assert resources["mem_mb"] == config["resources"][rule]["mem_mb"], rule
+        assert resources["runtime"] == config["resources"][rule]["runtime"], rule
+        assert resources.get("gpu", 0) == (1 if rule in gpu_rules else 0), (rule, resources)
+    cpu = {section: {"device": "cpu"} for section in ("bootstrap", "teacher_data", "td_adapt",
+                                                        "calibrate", "opd", "evaluate")}
+    jobs = planned_resources(venv_env, write_yaml(tmp_path / "cpu.yaml", cpu))
+    assert all(resources.get("gpu", 0) == 0 for _, resources in jobs)
+
+
+def test_several_nodes_take_the_srun_route_and_the_job_needs_slurm(venv_env, tmp_path):
+    variant = {"opd": {"nodes": 2, "gpus": 2, "threads": 3}}
+    jobs = planned_resources(venv_env, write_yaml(tmp_path / "nodes.yaml", variant))
+    train = [resources for rule, resources in jobs if rule == "train_opd"]
+    assert train and all(r["nodes"] == 2 and r["tasks"] == 2 and r["mpi"] == "srun"
+                         and r["gres"] == "gpu:2" and r["tasks_per_gpu"] == 0 for r in train)
+    commands = [j.command for j in planned_jobs(venv_env, tmp_path / "nodes.yaml")
+                if j.rule == "train_opd"]
+    assert all("srun --nodes 2 --ntasks 2 --cpus-per-task" in c for c in commands)
+    assert all('${SLURM_JOB_ID:?training on several nodes runs under Slurm only' in c
+               for c in commands)
+
+
+def test_every_job_appends_both_streams_of_every_attempt_to_its_log(venv_env):
+    for job in planned_jobs(venv_env):
+        if job.rule != "all":
+            assert re.match(r"exec >> \S+\.log 2>&1; .*echo \"=== ", job.command), job.command
+            assert " 2> " not in job.command
+            # The interpreter that runs Snakemake, never `python` from PATH.
+            assert not re.search(r"(^|[;\s])(python|torchrun) ", job.command), job.command
+
+
+def tiny_real_project(tmp_path) -> tuple[Path, Path, str]:
+    """A copy of the workflow and the stages in `tmp_path/project` (so the test may edit its
+    code), a real-data config with a two-clip manifest, and the validated train manifest."""
+    import numpy as np
+    import soundfile as sf
+
+    project = tmp_path / "project"
+    for name in ("workflow", "config", "stages", "envs"):
+        shutil.copytree(ROOT / name, project / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "Snakefile", project / "Snakefile")
+    rows = []
+    for i in range(2):
+        audio = 0.1 * np.sin(2 * np.pi * 440 * np.arange(16000) / 16000)
+        sf.write(tmp_path / f"clip{i}.wav", audio, 16000)
+        rows.append(json.dumps({"audio": f"clip{i}.wav", "text": "hello", "language": "en"}))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(rows) + "\n")
+    config = {"demo": {"enabled": False}, "output_dir": str(tmp_path / "results"),
+              "manifests": {"train": str(manifest), "td_pool": str(manifest)},
+              "presets": {p: {"manifest": str(manifest)} for p in PAPER_PRESETS},
+              "models": {"teacher": "org/teacher", "student_base": "org/student"}}
+    return project, write_yaml(tmp_path / "real.yaml", config), str(
+        tmp_path / "results" / "data" / "train.jsonl")
+
+
+PAPER_PRESETS = ["aishell", "meeting", "net", "clean", "other"]
+
+
+def test_a_changed_option_or_stage_code_reruns_the_job_and_nothing_else_does(venv_env,
+                                                                            tmp_path):
+    project, config, target = tiny_real_project(tmp_path)
+
+    def plan(*configs):  # the copy's own Snakefile, so its stages are the ones fingerprinted
+        result = run([str(BIN / "snakemake"), target, "-n", "--configfile", str(config),
+                      *map(str, configs)], venv_env, cwd=project)
+        return result.stdout + result.stderr
+
+    run([str(BIN / "snakemake"), target, "--cores", "1", "--configfile", str(config)],
+        venv_env, cwd=project)
+    assert "Nothing to be done" in plan()
+    # An option: validate.min_seconds.
+    changed = write_yaml(tmp_path / "changed.yaml", {"validate": {"min_seconds": 0.5}})
+    assert "Params have changed since last execution" in plan(changed)
+    # Code the stage imports (indirectly) reruns it; code it does not import does not.
+    imported = project / "stages" / "common" / "jsonl.py"
+    unrelated = project / "stages" / "reporting" / "plots.py"
+    original = unrelated.read_text()
+    unrelated.write_text(original + "\n# an edit\n")
+    assert "Nothing to be done" in plan()
+    imported.write_text(imported.read_text() + "\n# an edit\n")
+    assert "Params have changed since last execution" in plan()

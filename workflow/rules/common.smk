@@ -1,7 +1,11 @@
 # Paths, config lookups and the stage-option builder shared by every rule file.
+import ast
+import hashlib
 import json
 import re
 import shlex
+import sys
+from functools import lru_cache
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -13,6 +17,7 @@ DEMO = config["demo"]["enabled"]
 WORKFLOW_KEYS = frozenset(
     {
         "gpus",
+        "nodes",
         "launcher",
         "threads",
         "workers",
@@ -22,10 +27,42 @@ WORKFLOW_KEYS = frozenset(
     }
 )
 PRESETS = list(config["presets"])
+# Training seeds: TD adaptation and each OPD recipe train once per seed; what they make is named
+# `<name>@seed<k>` (the report's layout: one row per model, one folder per seed).
+SEEDS = list(config["seeds"])
 # Manifests the pipeline reads: training data, the teacher-data pool, and one per eval preset.
 TRAINING_MANIFESTS = ["train", "td_pool"]
 MANIFESTS = TRAINING_MANIFESTS + PRESETS
 ENV = "../../envs/audio-opd.yaml"
+# Memory (MB) and wall time (minutes) of each rule's jobs: config `resources.<rule>`.
+RESOURCES = config["resources"]
+# The interpreter that runs this Snakemake (the project's venv, activated or not): jobs never
+# depend on `python` from PATH. With conda deployment each job's own env is on PATH instead.
+PYTHON = (
+    "python"
+    if "conda"
+    in {str(m).lower() for m in workflow.deployment_settings.deployment_method}
+    else shlex.quote(sys.executable)
+)
+
+
+def interpreter(wildcards, threads):
+    """PYTHON, as a rule's `params.python`. A function of `threads` so that Snakemake leaves it
+    out of its params check: running from another venv path reruns nothing."""
+    return PYTHON
+
+
+# Every job's shell starts with this: both streams of every attempt in the log, each under a
+# header saying where and when. Snakemake deletes a job's log before each attempt, so the log
+# is also hard-linked as <log>.attempts, which it does not know: a retry (resources.attempt,
+# see job_resources, > 1) copies the attempts before it from there, then links its own log
+# there. The first attempt of a run starts afresh.
+LOG = (
+    "exec >> {log:q} 2>&1; keep={log:q}.attempts; "
+    '[ {resources.attempt} -gt 1 ] && [ -f "$keep" ] && ! [ "$keep" -ef {log:q} ] && cat "$keep"; '
+    'ln -f {log:q} "$keep"; echo "=== $(date -Is) host $(hostname)'
+    ' slurm job ${{SLURM_JOB_ID:-none}} attempt {resources.attempt} ==="; '
+)
 
 
 wildcard_constraints:
@@ -115,9 +152,15 @@ def validated(name):
     return f"{OUT}/data/{name}.jsonl"
 
 
+def seeded(name, seed):
+    """What seed `seed`'s run of `name` is called (a folder under train/, calibrate/, models/,
+    eval/): `<name>@seed<k>`; `seed` may be the wildcard pattern `{seed}`."""
+    return f"{name}@seed{seed}"
+
+
 # Model folders (Hugging Face format) by role. Demo: built by the DAG. Real: the config's paths.
 # OPD recipes name the student they start from: `base` (the student base) or `td_adapted`
-# (the base after SFT on teacher transcripts).
+# (the base after SFT on teacher transcripts, of the same seed).
 def teacher_model():
     return f"{OUT}/models/teacher" if DEMO else config["models"]["teacher"]
 
@@ -126,16 +169,16 @@ def student_base_model():
     return f"{OUT}/models/student_base" if DEMO else config["models"]["student_base"]
 
 
-def student_td_model():
-    return f"{OUT}/models/student_td_adapted"
+def student_td_model(seed):
+    return f"{OUT}/models/{seeded('student_td_adapted', seed)}"
 
 
-def recipe_student(recipe):
-    return student_base_model() if recipe == "base" else student_td_model()
+def recipe_student(recipe, seed):
+    return student_base_model() if recipe == "base" else student_td_model(seed)
 
 
-def opd_model(recipe):
-    return f"{OUT}/models/opd_{recipe}"
+def opd_model(recipe, seed):
+    return f"{OUT}/models/{seeded(f'opd_{recipe}', seed)}"
 
 
 for _role, _path in (
@@ -170,23 +213,29 @@ def family_option(role, flag="--family"):
 
 
 def evaluation_models():
-    """Model name -> (folder or hub id, adapter family; None = from the checkpoint): the
-    pipeline's own models, then `models.extra`, which may not reuse their names."""
+    """Evaluation name (a folder under eval/) -> (folder or hub id, adapter family; None =
+    from the checkpoint): the pipeline's own models, those trained per seed once per seed
+    (`opd_base@seed0`), then `models.extra`, which may not reuse their names."""
     models = config["models"]
     student_family = models["student_family"]
     sources = {
         "student_base": (student_base_model(), student_family),
         "teacher": (teacher_model(), models["teacher_family"]),
     }
+    trained = {}
     if config["evaluate"]["student_td_adapted"]:
-        sources["student_td_adapted"] = (student_td_model(), student_family)
+        trained["student_td_adapted"] = student_td_model
     for recipe in config["opd"]["recipes"]:
-        sources[f"opd_{recipe}"] = (opd_model(recipe), student_family)
+        trained[f"opd_{recipe}"] = lambda seed, recipe=recipe: opd_model(recipe, seed)
+    for name, model in trained.items():
+        for seed in SEEDS:
+            sources[seeded(name, seed)] = (model(seed), student_family)
     for name, path in models["extra"].items():
-        if name in sources:
+        pipeline = ["student_base", "teacher", *trained]
+        if name in pipeline:
             raise WorkflowError(
                 f"config: models.extra.{name} reuses the name of a pipeline model "
-                f"({', '.join(sources)}); give the extra model another name."
+                f"({', '.join(pipeline)}); give the extra model another name."
             )
         # The name becomes a folder under eval/ and a wildcard value.
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -224,18 +273,158 @@ def local_model_inputs(**paths):
     return {name: path for name, path in paths.items() if is_local_model(path)}
 
 
-def training_launcher(section):
-    """How a training job of a config section (`gpus`, `launcher`) starts: one process,
-    torchrun on one node, or the user's template with {gpus} filled in. Rules pass it to
-    `params:` inside a function: Snakemake would read other braces of a template (${VAR})
-    as wildcards."""
-    gpus = section["gpus"]
+def can_use_gpu(section):
+    """Whether a stage with this config section may run on a GPU: its `device` is not `cpu`
+    (auto takes one when there is one). Only such jobs ask for a GPU."""
+    return section.get("device", "cpu") != "cpu"
+
+
+def job_resources(rule, section=None, gpus=1):
+    """A rule's `resources:`: memory and wall time from config `resources.<rule>`, `gpus`
+    GPUs when the section's device can be a GPU (the local profile caps the `gpu` total; the
+    Slurm plugin asks for --gpus), and the job's attempt (job_attempt)."""
+    limits = RESOURCES.get(rule)
+    if limits is None:
+        raise WorkflowError(
+            f"config: resources.{rule} is not set; give its mem_mb and runtime (minutes)."
+        )
+    resources = dict(limits, attempt=job_attempt)
+    if section is not None:
+        resources["gpu"] = gpus if can_use_gpu(section) else 0
+    return resources
+
+
+def job_attempt(wildcards, attempt):
+    """The attempt of a job (1, then 2 for the profile's retry), as `resources.attempt`: the
+    log header (LOG) reads it. Not a resource anything is counted against."""
+    return attempt
+
+
+def training_world(name, section):
+    """(nodes, processes per node) of a training section, checked against its global batch:
+    every rank gets the same share (the paper's 960 = 40 per GPU x 3 nodes x 8 GPUs)."""
+    nodes, per_node = section["nodes"], section["gpus"]
+    world = nodes * per_node
+    if section["batch_size"] % world:
+        raise WorkflowError(
+            f"config: {name}.batch_size {section['batch_size']} is not a multiple of "
+            f"{name}.nodes x {name}.gpus = {nodes} x {per_node} = {world} ranks; every rank "
+            "takes an equal share of the global batch."
+        )
+    if (
+        section["launcher"] != "auto"
+        and nodes > 1
+        and "{nodes}" not in section["launcher"]
+    ):
+        raise WorkflowError(
+            f"config: {name}.launcher is a template without {{nodes}} while {name}.nodes is "
+            f"{nodes}; use launcher: auto (srun + torchrun on every node) or put {{nodes}} in it."
+        )
+    return nodes, per_node
+
+
+def training_resources(rule, name, section):
+    """`resources:` of a training job. One node: `gpus` GPUs (if its device can be a GPU).
+    Several: the Slurm plugin's `mpi` route, so the job's shell runs in the allocation itself
+    instead of inside the plugin's one-task `srun` (where our own srun would wait for a slot
+    forever), with one task per node and `gpus` GPUs on each node (--gres, which is per node).
+    """
+    nodes, per_node = training_world(name, section)
+    resources = job_resources(rule, section, gpus=per_node)
+    if nodes > 1:
+        gpu = resources.pop("gpu")
+        resources.update(nodes=nodes, tasks=nodes, mpi="srun")
+        if gpu:
+            # The plugin reads `tasks` of a GPU job as tasks per GPU unless this says none.
+            resources.update(gres=f"gpu:{per_node}", tasks_per_gpu=0)
+    return resources
+
+
+def training_launcher(section, threads, resources):
+    """How a training job starts, followed by `-m stages.<stage> ...`: `python` (one process),
+    torchrun on one node, or, on several nodes, `srun` starting one torchrun per task (node)
+    that meet by c10d rendezvous on the node srun runs on (the allocation's first). The nodes and tasks are the
+    job's resources (so --set-resources sees them); the task's own Slurm variables are
+    expanded inside the task, where srun sets them (the plugin's job step hides the job's).
+    A template (`launcher:` other than auto) gets {gpus} and {nodes} filled in. Rules pass it
+    through `params:` inside a function: Snakemake would read the shell's ${VAR} braces as
+    wildcards."""
+    per_node = section["gpus"]
     if section["launcher"] != "auto":
-        return section["launcher"].replace("{gpus}", str(gpus))
-    return "python" if gpus == 1 else f"torchrun --standalone --nproc_per_node {gpus}"
+        return (
+            section["launcher"]
+            .replace("{gpus}", str(per_node))
+            .replace("{nodes}", str(section["nodes"]))
+        )
+    tasks = resources.get("tasks", 1)
+    if tasks == 1:
+        if per_node == 1:
+            return PYTHON
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node {per_node}"
+    # The rendezvous: the node srun runs on (the allocation's first; an address, since a
+    # Slurm node name need not be a host name), one port per job (two may share that node).
+    torchrun = (
+        'exec "$0" -m torch.distributed.run --nnodes "$SLURM_NTASKS"'
+        f" --nproc_per_node {per_node}"
+        ' --rdzv_backend c10d --rdzv_id "$SLURM_JOB_ID"'
+        ' --rdzv_endpoint "$SLURM_LAUNCH_NODE_IPADDR:$((29500 + SLURM_JOB_ID % 1000))" "$@"'
+    )
+    return (
+        ': "${SLURM_JOB_ID:?training on several nodes runs under Slurm only'
+        ' (--workflow-profile workflow/profiles/slurm)}"; '
+        f"srun --nodes {resources['nodes']} --ntasks {tasks} --cpus-per-task {threads}"
+        f" --kill-on-bad-exit=1 bash -c {shlex.quote(torchrun)} {PYTHON}"
+    )
 
 
-def validate_options(wildcards, output):
+@lru_cache
+def code_version(module):
+    """SHA-256 (12 hex digits) of the source of a stage module and of every project module it
+    imports, directly or not (with their packages' __init__.py): a `params:` value, so a code
+    change reruns the stage's jobs and what depends on them, and nothing else."""
+    root = Path(workflow.basedir)
+    seen, todo = {}, [module]
+    while todo:
+        name = todo.pop()
+        path = _module_file(root, name)
+        if path is None or name in seen:
+            continue
+        seen[name] = path
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        package = name if path.name == "__init__.py" else ".".join(parts[:-1])
+        for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[
+                        : len(package.split(".")) - node.level + 1
+                    ]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                todo.append(base)
+                todo += [f"{base}.{alias.name}" for alias in node.names]
+    digest = hashlib.sha256()
+    for name in sorted(seen):
+        digest.update(f"{name}\0".encode() + seen[name].read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _module_file(root, name):
+    """The file of project module `name` (stages.*), or None for anything else."""
+    if name != "stages" and not name.startswith("stages."):
+        return None
+    base = root.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def validate_options(wildcards):
+    """The options of a validate job; a function of the wildcards alone, so Snakemake compares
+    them with the recorded ones (a function of `output` it would leave out)."""
     name = wildcards.name
     section = config["validate"]
     limit = "max_seconds_train" if name in TRAINING_MANIFESTS else "max_seconds_eval"
@@ -248,7 +437,7 @@ def validate_options(wildcards, output):
         family_option("teacher", "--teacher-family"),
     ]
     if section["on_error"] == "quarantine":
-        rejects = Path(output.manifest).with_suffix(".rejects.jsonl")
+        rejects = f"{OUT}/data/{name}.rejects.jsonl"
         options.append(f"--rejects {rejects}")
     return " ".join(options)
 

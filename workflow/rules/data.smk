@@ -15,12 +15,17 @@ rule validate:
     conda:
         ENV
     threads: config["validate"]["workers"]
+    resources:
+        **job_resources("validate"),
     params:
         options=validate_options,
+        python=interpreter,
+        code=code_version("stages.validate"),
     shell:
-        "python -m stages.validate --input {input} --output {output.manifest}"
+        LOG
+        + "{params.python} -m stages.validate --input {input} --output {output.manifest}"
         " --report {output.report} {params.options}"
-        " --workers {threads} 2> {log}"
+        " --workers {threads}"
 
 
 # A manifest given in the config as a corpus source ({format: librispeech, path: ...,
@@ -37,9 +42,13 @@ rule prepare:
         f"{OUT}/logs/prepare/{{name}}.log",
     conda:
         ENV
+    resources:
+        **job_resources("prepare"),
     params:
         source=prepare_path,
         options=prepare_options,
+        python=interpreter,
+        code=code_version("stages.prepare"),
     shell:
-        "python -m stages.prepare --source {params.source:q} --output {output.manifest}"
-        " --report {output.report} {params.options} 2> {log}"
+        LOG + "{params.python} -m stages.prepare --source {params.source:q}"
+        " --output {output.manifest} --report {output.report} {params.options}"

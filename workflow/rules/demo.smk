@@ -20,15 +20,22 @@ rule synth_demo:
         corpus=f"{OUT}/demo/corpus.json",
     log:
         f"{OUT}/logs/synth_demo.log",
+    benchmark:
+        f"{OUT}/benchmarks/synth_demo.tsv"
     conda:
         ENV
     threads: config["demo"].get("workers", 1)
+    resources:
+        **job_resources("synth_demo"),
     params:
         out_dir=lambda wildcards, output: Path(output.corpus).parent,
         options=stage_options(config["demo"], skip=("enabled",)),
+        python=interpreter,
+        code=code_version("stages.synth_demo"),
     shell:
-        "python -m stages.synth_demo --output-dir {params.out_dir} {params.options}"
-        " --workers {threads} 2> {log}"
+        LOG
+        + "{params.python} -m stages.synth_demo --output-dir {params.out_dir} {params.options}"
+        " --workers {threads}"
 
 
 rule tiny_models:
@@ -44,13 +51,18 @@ rule tiny_models:
         f"{OUT}/logs/tiny_models.log",
     conda:
         ENV
+    resources:
+        **job_resources("tiny_models"),
     params:
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         options=stage_options(config.get("tiny_models", {}), skip=("spec",)),
         spec=shlex.quote(json.dumps(config.get("tiny_models", {}).get("spec", {}))),
+        python=interpreter,
+        code=code_version("stages.tiny_models"),
     shell:
-        "python -m stages.tiny_models --manifests {input.train} {input.td_pool}"
-        " --output-dir {params.out_dir} {params.options} --spec {params.spec} 2> {log}"
+        LOG
+        + "{params.python} -m stages.tiny_models --manifests {input.train} {input.td_pool}"
+        " --output-dir {params.out_dir} {params.options} --spec {params.spec}"
 
 
 if DEMO:
@@ -66,21 +78,26 @@ if DEMO:
             summary=f"{OUT}/train/bootstrap_{{role}}/train_summary.json",
         log:
             f"{OUT}/logs/bootstrap_{{role}}.log",
+        benchmark:
+            f"{OUT}/benchmarks/bootstrap_{{role}}.tsv"
         wildcard_constraints:
             role="|".join(BOOTSTRAP_INIT),
         conda:
             ENV
         threads: BOOTSTRAP.get("threads", 1)
         resources:
-            gpu=1,
+            **job_resources("bootstrap", BOOTSTRAP),
         params:
             train_dir=lambda wildcards, output: Path(output.summary).parent,
             options=lambda wildcards: stage_options(
                 BOOTSTRAP[wildcards.role], skip=BOOTSTRAP_INIT
             ),
             shared=stage_options(BOOTSTRAP, skip=BOOTSTRAP_INIT),
+            python=interpreter,
+            code=code_version("stages.sft"),
         shell:
-            "python -m stages.sft --model {input.model} --train {input.train}"
+            LOG
+            + "{params.python} -m stages.sft --model {input.model} --train {input.train}"
             " --output-dir {params.train_dir} --export-dir {output.model}"
             " {params.options} {params.shared} --stale-checkpoints set-aside"
-            " --threads {threads} 2> {log}"
+            " --threads {threads}"

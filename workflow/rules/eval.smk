@@ -1,6 +1,8 @@
 # Evaluation: every model on every preset, one single-GPU job each. Files keep the reference
 # recipe's names, so existing eval folders and tools work unchanged:
-# eval/<model>/test_<preset>.jsonl (rows, worst first) and eval/<model>/summary_<preset>.json.
+# eval/<model>/test_<preset>.jsonl (rows, worst first) and eval/<model>/summary_<preset>.json,
+# where <model> is a model's name or, for a model trained once per seed (config `seeds`), its
+# run of one seed: `opd_base@seed<k>` (the report's layout).
 # (No `def` here: snakemake --lint wants functions and rules in separate files.)
 # Model name -> (folder or hub id, adapter family or None): see evaluation_models().
 EVAL_MODEL_SOURCES = evaluation_models()
@@ -14,10 +16,12 @@ EVAL_SUMMARIES = expand(
     model=EVAL_MODELS,
     preset=PRESETS,
 )
-# Every evaluation output (for `rule all`): rows and summary per model and preset.
-EVAL_TARGETS = EVAL_SUMMARIES + expand(
+# Per-utterance rows, in the order of EVAL_SUMMARIES (the report's intervals come from them).
+EVAL_ROWS = expand(
     "{out}/eval/{model}/test_{preset}.jsonl", out=OUT, model=EVAL_MODELS, preset=PRESETS
 )
+# Every evaluation output (for `rule all`): rows and summary per model and preset.
+EVAL_TARGETS = EVAL_SUMMARIES + EVAL_ROWS
 
 
 rule evaluate:
@@ -34,6 +38,8 @@ rule evaluate:
         summary=f"{OUT}/eval/{{model}}/summary_{{preset}}.json",
     log:
         f"{OUT}/logs/evaluate/{{model}}/{{preset}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{model}}/{{preset}}.tsv"
     wildcard_constraints:
         model="|".join(map(re.escape, EVAL_MODELS)),
         preset="|".join(map(re.escape, PRESETS)),
@@ -41,7 +47,7 @@ rule evaluate:
         ENV
     threads: config["evaluate"]["threads"]
     resources:
-        gpu=1,
+        **job_resources("evaluate", config["evaluate"]),
     params:
         model=lambda wildcards: eval_model_dir(wildcards.model),
         family=lambda wildcards: (
@@ -54,8 +60,11 @@ rule evaluate:
             config["presets"][wildcards.preset], skip=("manifest",)
         ),
         options=" ".join([stage_options(config["evaluate"]), REMOTE_CODE]),
+        python=interpreter,
+        code=code_version("stages.evaluate"),
     shell:
-        "python -m stages.evaluate --model {params.model} --input {input.manifest}"
+        LOG
+        + "{params.python} -m stages.evaluate --model {params.model} --input {input.manifest}"
         " --output {output.rows} --summary {output.summary}"
         " --model-name {wildcards.model} --preset {wildcards.preset}"
-        " {params.preset} {params.options} {params.family} --threads {threads} 2> {log}"
+        " {params.preset} {params.options} {params.family} --threads {threads}"

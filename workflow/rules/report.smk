@@ -2,7 +2,9 @@
 # runs, calibration and teacher-data summaries and provenance, in <output_dir>/report/
 # (python -m stages.report --help). `snakemake --report results/report.html` then builds a
 # self-contained HTML report: the table on its first page, figures and files by category.
-# Needs eval.smk (EVAL_MODELS, EVAL_SUMMARIES) included before this file.
+# A model trained per seed is one row (mean ± sd over `seeds`, bootstrap intervals over the
+# utterances of its rows files; config `report`). Needs eval.smk (EVAL_MODELS, EVAL_SUMMARIES,
+# EVAL_ROWS) included before this file.
 # (No `def` here: snakemake --lint wants functions and rules in separate files.)
 
 
@@ -11,10 +13,16 @@ report: "../report/workflow.rst"
 
 REPORT_DIR = f"{OUT}/report"
 REPORT_RECIPES = config["opd"]["recipes"]
+# Every OPD run: (recipe, seed).
+REPORT_RUNS = [(recipe, seed) for recipe in REPORT_RECIPES for seed in SEEDS]
 # The TD report joins when something in the report was built from teacher data.
 REPORT_TD = "td_adapted" in REPORT_RECIPES or config["evaluate"]["student_td_adapted"]
-# Table rows and columns in the paper's order, then the others.
-REPORT_MODELS = paper_order(EVAL_MODELS, PAPER_MODEL_ORDER)
+# Table rows and columns in the paper's order, then the others. A row is a model, not one of
+# its seed folders (opd_base, not opd_base@seed0).
+REPORT_MODELS = paper_order(
+    list(dict.fromkeys(re.sub(r"@seed\d+$", "", name) for name in EVAL_MODELS)),
+    PAPER_MODEL_ORDER,
+)
 REPORT_PRESETS = paper_order(PRESETS, PAPER_PRESET_ORDER)
 # Every report output (for `rule all`).
 REPORT_TARGETS = [
@@ -34,14 +42,16 @@ REPORT_TARGETS = [
 rule report:
     input:
         summaries=EVAL_SUMMARIES,
-        runs=expand(
-            "{out}/train/opd_{recipe}/train_summary.json",
-            out=OUT,
-            recipe=REPORT_RECIPES,
-        ),
-        calibrations=expand(
-            "{out}/calibrate/{recipe}/calibration.json", out=OUT, recipe=REPORT_RECIPES
-        ),
+        # Per-utterance rows: the intervals and paired comparisons come from them.
+        rows=EVAL_ROWS,
+        runs=[
+            f"{OUT}/train/{seeded(f'opd_{recipe}', seed)}/train_summary.json"
+            for recipe, seed in REPORT_RUNS
+        ],
+        calibrations=[
+            f"{OUT}/calibrate/{seeded(recipe, seed)}/calibration.json"
+            for recipe, seed in REPORT_RUNS
+        ],
         td=[f"{OUT}/td/report.json"] if REPORT_TD else [],
     output:
         markdown=report(
@@ -79,6 +89,8 @@ rule report:
         f"{OUT}/logs/report.log",
     conda:
         ENV
+    resources:
+        **job_resources("report"),
     params:
         out_dir=lambda wildcards, output: Path(output.markdown).parent,
         # Summaries are <eval_dir>/<model>/summary_<preset>.json.
@@ -87,16 +99,20 @@ rule report:
         presets=" ".join(REPORT_PRESETS),
         # metrics.jsonl sits beside each run's train_summary.json (not a declared output).
         metrics=lambda wildcards, input: " ".join(
-            f"opd_{recipe}={Path(summary).parent / 'metrics.jsonl'}"
-            for recipe, summary in zip(REPORT_RECIPES, input.runs)
+            f"{Path(summary).parent.name}={Path(summary).parent / 'metrics.jsonl'}"
+            for summary in input.runs
         ),
         calibrations=lambda wildcards, input: " ".join(
-            f"{recipe}={path}"
-            for recipe, path in zip(REPORT_RECIPES, input.calibrations)
+            f"{Path(path).parent.name}={path}" for path in input.calibrations
         ),
+        seeds=" ".join(map(str, SEEDS)),
+        intervals=stage_options(config["report"]),
         td=lambda wildcards, input: f"--td-report {input.td[0]}" if input.td else "",
+        python=interpreter,
+        code=code_version("stages.report"),
     shell:
-        "python -m stages.report --eval-dir {params.eval_dir} --output-dir {params.out_dir}"
+        LOG
+        + "{params.python} -m stages.report --eval-dir {params.eval_dir} --output-dir {params.out_dir}"
         " --models {params.models} --presets {params.presets}"
         " --metrics {params.metrics} --calibration {params.calibrations} {params.td}"
-        " 2> {log}"
+        " --seeds {params.seeds} {params.intervals}"

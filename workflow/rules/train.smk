@@ -1,4 +1,5 @@
-# Training: per OPD recipe a calibration that gates training, then the OPD run itself (the demo's
+# Training: per OPD recipe and seed (config `seeds`) a calibration that gates training, then the
+# OPD run itself, in calibrate/<recipe>@seed<k>/ and train/opd_<recipe>@seed<k>/ (the demo's
 # bootstrap is in demo.smk, TD adaptation in teacher_data.smk).
 # Run folders keep their checkpoints across reruns: only train_summary.json and the exported
 # model are declared outputs, so a rerun of an interrupted job resumes (--resume auto), and a
@@ -8,6 +9,9 @@
 CALIBRATE = config["calibrate"]
 OPD = config["opd"]
 OPD_TRAIN_RECIPES = OPD["recipes"]
+# A recipe's run of one seed (a pattern with {recipe} and {seed}).
+OPD_RUN = seeded("opd_{recipe}", "{seed}")
+CALIBRATION = f"{OUT}/calibrate/{seeded('{recipe}', '{seed}')}/calibration.json"
 # The OPD step and the models, shared by calibrate and train_opd so both run the same step.
 OPD_STEP_OPTIONS = " ".join(
     [
@@ -21,61 +25,77 @@ OPD_STEP_OPTIONS = " ".join(
 
 # Written only when every check passes; a failed calibration fails the job and leaves its
 # report as calibration.failed.json beside the declared output.
+# It runs with its training run's seed: it previews the batches that run starts with.
 rule calibrate:
     input:
         unpack(
             lambda wildcards: local_model_inputs(
-                student=recipe_student(wildcards.recipe), teacher=teacher_model()
+                student=recipe_student(wildcards.recipe, wildcards.seed),
+                teacher=teacher_model(),
             )
         ),
         train=validated("train"),
     output:
-        f"{OUT}/calibrate/{{recipe}}/calibration.json",
+        CALIBRATION,
     log:
-        f"{OUT}/logs/calibrate/{{recipe}}.log",
+        f"{OUT}/logs/calibrate/{seeded('{recipe}', '{seed}')}.log",
+    benchmark:
+        f"{OUT}/benchmarks/calibrate/{seeded('{recipe}', '{seed}')}.tsv"
     wildcard_constraints:
         recipe="|".join(OPD_TRAIN_RECIPES),
+        seed="|".join(map(str, SEEDS)),
     conda:
         ENV
     threads: CALIBRATE["threads"]
     resources:
-        gpu=1,
+        **job_resources("calibrate", CALIBRATE),
     params:
-        student=lambda wildcards: recipe_student(wildcards.recipe),
+        student=lambda wildcards: recipe_student(wildcards.recipe, wildcards.seed),
         teacher=teacher_model(),
-        # Training's seed: calibration previews the batches training starts with.
-        options=" ".join(
-            [stage_options(CALIBRATE), f"--seed {OPD['seed']}", OPD_STEP_OPTIONS]
-        ),
+        options=" ".join([stage_options(CALIBRATE), OPD_STEP_OPTIONS]),
+        python=interpreter,
+        code=code_version("stages.calibrate"),
     shell:
-        "python -m stages.calibrate --student {params.student} --teacher {params.teacher}"
-        " --train {input.train} --output {output} {params.options}"
-        " --threads {threads} 2> {log}"
+        LOG
+        + "{params.python} -m stages.calibrate --student {params.student} --teacher {params.teacher}"
+        " --train {input.train} --output {output} {params.options} --threads {threads}"
+        " --seed {wildcards.seed}"
 
 
 rule train_opd:
     input:
         unpack(
             lambda wildcards: local_model_inputs(
-                student=recipe_student(wildcards.recipe), teacher=teacher_model()
+                student=recipe_student(wildcards.recipe, wildcards.seed),
+                teacher=teacher_model(),
             )
         ),
         train=validated("train"),
-        calibration=f"{OUT}/calibrate/{{recipe}}/calibration.json",
+        calibration=CALIBRATION,
     output:
-        summary=f"{OUT}/train/opd_{{recipe}}/train_summary.json",
+        summary=f"{OUT}/train/{OPD_RUN}/train_summary.json",
     log:
-        f"{OUT}/logs/train_opd/{{recipe}}.log",
+        f"{OUT}/logs/train_opd/{seeded('{recipe}', '{seed}')}.log",
+    benchmark:
+        f"{OUT}/benchmarks/train_opd/{seeded('{recipe}', '{seed}')}.tsv"
     wildcard_constraints:
         recipe="|".join(OPD_TRAIN_RECIPES),
+        seed="|".join(map(str, SEEDS)),
     conda:
         ENV
-    threads: OPD["threads"]
+    # CPUs of one node: `threads` for each of its `gpus` processes.
+    threads: OPD["threads"] * OPD["gpus"]
     resources:
-        gpu=OPD["gpus"],
+        **training_resources("train_opd", "opd", OPD),
     params:
-        launcher=lambda wildcards: training_launcher(OPD),
-        student=lambda wildcards: recipe_student(wildcards.recipe),
+        launcher=lambda wildcards, threads, resources: training_launcher(
+            OPD, threads, resources
+        ),
+        process_threads=lambda wildcards, threads: max(1, threads // OPD["gpus"]),
+        # Ranks (nodes x processes per node): the launcher above is left out of Snakemake's
+        # params check (it reads the job's resources), the world it starts is not.
+        world=f"{OPD['nodes']}x{OPD['gpus']}",
+        student=lambda wildcards: recipe_student(wildcards.recipe, wildcards.seed),
         teacher=teacher_model(),
         train_dir=lambda wildcards, output: Path(output.summary).parent,
         options=" ".join(
@@ -85,8 +105,9 @@ rule train_opd:
                 OPD_STEP_OPTIONS,
             ]
         ),
+        code=code_version("stages.train_opd"),
     shell:
-        "{params.launcher} -m stages.train_opd --student {params.student}"
+        LOG + "{params.launcher} -m stages.train_opd --student {params.student}"
         " --teacher {params.teacher} --train {input.train}"
         " --calibration {input.calibration} --output-dir {params.train_dir}"
-        " {params.options} --threads {threads} 2> {log}"
+        " {params.options} --threads {params.process_threads} --seed {wildcards.seed}"
