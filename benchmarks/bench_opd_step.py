@@ -64,6 +64,15 @@ SMALL_SPEC = {"vocab_multiple": 4096, "num_mel_bins": 128, "chunk_seconds": 10,
               "max_positions": 4096}
 
 
+def device_and_models(workdir: Path, small: bool) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype a single-process benchmark runs in (CUDA and bf16 when there is a
+    GPU), with the models built into ``workdir`` unless they are there already."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (workdir / "teacher").is_dir():
+        build_models(resolve_spec(SMALL_SPEC if small else REAL_SPEC), workdir)
+    return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def corpus_text(count: int = 2000) -> list[str]:
     rng = np.random.default_rng(0)
     return [generate_sentence(LANGUAGES[i % len(LANGUAGES)], rng).text for i in range(count)]

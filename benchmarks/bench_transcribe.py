@@ -31,10 +31,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from benchmarks.bench_opd_step import REAL_SPEC, SMALL_SPEC, build_models, sync
+from benchmarks.bench_opd_step import device_and_models, sync
 from stages.data.audio import TARGET_SAMPLE_RATE, write_wav
 from stages.data.batching import Utterance, load_batch
-from stages.demo.tiny import resolve_spec
 from stages.models import load_adapter
 from stages.models.transcribe import transcribe
 
@@ -130,10 +129,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not (args.workdir / "teacher").is_dir():
-        build_models(resolve_spec(SMALL_SPEC if args.small else REAL_SPEC), args.workdir)
+    device, dtype = device_and_models(args.workdir, args.small)
     clips = make_clips(args.workdir / "clips", max(args.batch_sizes) * args.batches,
                        args.seconds)
     rows = []

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from benchmarks.bench_opd_step import REAL_SPEC, SMALL_SPEC, build_models, sync
-from stages.demo.tiny import resolve_spec
+from benchmarks.bench_opd_step import device_and_models, sync
 from stages.models import load_adapter
 
 
@@ -84,10 +83,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if not (args.workdir / "teacher").is_dir():
-        build_models(resolve_spec(SMALL_SPEC if args.small else REAL_SPEC), args.workdir)
+    device, dtype = device_and_models(args.workdir, args.small)
     rng = np.random.default_rng(0)
     shapes = {"equal": np.full(args.batch, 10.0)}
     if args.varied_too:
