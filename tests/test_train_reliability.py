@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from stages.train.checkpoint import verify_checkpoint
 from stages.train.checkpoint_export import resolve_checkpoint
 from stages.train.optim import OptimSettings, lr_factor
 from stages.train.runlock import LOCK_FILE, RunLock
-from tests.helpers import hold_run_lock, metric_rows
+from tests.helpers import hold_run_lock, metric_rows, small_tmpfs
 
 STEP = "step_{:08d}".format
 DETERMINISTIC = ("loss", "grad_norm", "lr", "id_total", "units", "optimizer_step")
@@ -341,14 +340,8 @@ def test_heartbeat_refreshes_the_lock(tmp_path):
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 768 KiB tmpfs (root only): room for the metrics, not for a checkpoint."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=768k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with small_tmpfs(tmp_path / "small", "768k") as mount:
+        yield mount
 
 
 def test_checkpoint_on_a_full_disk_is_one_clear_error(env, tiny_tmpfs):

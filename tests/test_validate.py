@@ -25,6 +25,7 @@ from stages.data.manifest import (
     resolve_audio,
 )
 from stages.validate import build_parser, main
+from tests.helpers import small_tmpfs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,14 +283,8 @@ def test_empty_manifest_fails_unless_allowed(data: Path, capsys: pytest.CaptureF
 @pytest.fixture
 def small_mount(tmp_path: Path):
     """A tmpfs at ``tmp_path/out`` (the folder ``validate`` writes to); root only."""
-    mount = tmp_path / "out"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if made.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with small_tmpfs(tmp_path / "out", "64k") as mount:
+        yield mount
 
 
 def test_read_only_output_folder_is_one_line(data: Path, small_mount: Path, capsys) -> None:
