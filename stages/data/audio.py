@@ -61,8 +61,11 @@ def segment_frames(frames: int, sample_rate: int, begin: float = -1, end: float 
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """Average channels of a (frames, channels) array; 1-D input is returned as is."""
-    return samples.mean(axis=1) if samples.ndim == 2 else samples
+    """Average channels of a (frames, channels) array; 1-D input is returned as is. One
+    channel is taken as it is: a mean over a length-1 axis costs as much as reading the file."""
+    if samples.ndim != 2:
+        return samples
+    return samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1)
 
 
 def resample(samples: np.ndarray, source_rate: int, target_rate: int = TARGET_SAMPLE_RATE
