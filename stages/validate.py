@@ -64,7 +64,7 @@ log = logging.getLogger("stages.validate")
 SHOWN_ON_STDERR = 20  # bad lines echoed to the terminal; all of them are in the report
 # The adapter families (stages.models.Family, spelled out: importing the models costs seconds;
 # tests/test_opd_languages.py checks the two agree).
-TEACHER_FAMILIES = ("audio_chat_lm", "qwen3_asr")
+TEACHER_FAMILIES = ("audio_chat_lm", "qwen3_asr", "whisper")
 
 
 def _epilog() -> str:

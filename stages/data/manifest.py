@@ -77,8 +77,9 @@ LANGUAGES: dict[str, str] = {
     "xh": "Xhosa", "yi": "Yiddish", "yo": "Yoruba", "za": "Zhuang", "zh": "Chinese", "zu": "Zulu",
 }
 # ISO 639-3 codes the model families prompt with where ISO 639-1 has none (Qwen3-ASR's
-# Cantonese and Filipino); tests/test_validate.py checks every family's codes are accepted.
-LANGUAGES.update({"yue": "Cantonese", "fil": "Filipino"})
+# Cantonese and Filipino, Whisper's Hawaiian); tests/test_validate.py checks every family's codes
+# are accepted.
+LANGUAGES.update({"yue": "Cantonese", "fil": "Filipino", "haw": "Hawaiian"})
 _CODE_BY_NAME = {name.lower(): code for code, name in LANGUAGES.items()}
 _CODE_BY_NAME.update({"mandarin": "zh", "farsi": "fa"})
 

@@ -17,22 +17,26 @@ from stages.common.settings import setting
 from stages.models.audio_chat_lm import AudioChatLmAdapter
 from stages.models.base import AsrAdapter
 from stages.models.qwen3_asr import Qwen3AsrAdapter
+from stages.models.whisper import WhisperAdapter
 
 FAMILIES: dict[str, type[AsrAdapter]] = {
     Qwen3AsrAdapter.family: Qwen3AsrAdapter,
     AudioChatLmAdapter.family: AudioChatLmAdapter,
+    WhisperAdapter.family: WhisperAdapter,
 }
 # The family names as a type, for settings that name one.
-Family = Literal["qwen3_asr", "audio_chat_lm"]
+Family = Literal["qwen3_asr", "audio_chat_lm", "whisper"]
 assert set(get_args(Family)) == set(FAMILIES), "Family must list every adapter family"
 # transformers model_type -> family, for checkpoints that do not name their family.
 MODEL_TYPE_FAMILY = {
     "qwen3_asr": Qwen3AsrAdapter.family,
     "glmasr": AudioChatLmAdapter.family,
+    "whisper": WhisperAdapter.family,
 }
 
 __all__ = ["FAMILIES", "MODEL_TYPE_FAMILY", "AsrAdapter", "AudioChatLmAdapter",
-           "Family", "ModelLoading", "Qwen3AsrAdapter", "family_of", "load_adapter"]
+           "Family", "ModelLoading", "Qwen3AsrAdapter", "WhisperAdapter", "family_of",
+           "load_adapter"]
 
 
 @dataclass(frozen=True, kw_only=True)

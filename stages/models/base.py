@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"})
 # Auto classes tried in order: the audio-LLM families register as seq2seq LMs in transformers
 # (not causal LMs); remote-code checkpoints often register only a causal LM.
-_MODEL_LOADERS = (AutoModelForSpeechSeq2Seq, AutoModelForSeq2SeqLM, AutoModelForCausalLM)
+# The Auto classes a checkpoint loads with, first match wins: speech seq2seq first (Whisper is
+# also a causal LM there, WhisperForCausalLM: its decoder alone), then the audio LLMs, which
+# register as seq2seq LMs, then plain causal LMs.
+MODEL_AUTO_CLASSES = (AutoModelForSpeechSeq2Seq, AutoModelForSeq2SeqLM, AutoModelForCausalLM)
 IGNORE_INDEX = -100
 # An added token spelled like markup (``<think>``, ``</tool_call>``, ``<|fim_prefix|>``) is a
 # control token even when the tokenizer does not flag it special: never transcript text.
@@ -66,7 +69,7 @@ def load_model_and_processor(path_or_id: str, *, device: str | torch.device = "c
     """Load a checkpoint with the Auto classes (local dir or hub id), in eval mode on ``device``."""
     errors = []
     model = None
-    for loader in _MODEL_LOADERS:
+    for loader in MODEL_AUTO_CLASSES:
         try:
             model = loader.from_pretrained(path_or_id, dtype=dtype,
                                            trust_remote_code=trust_remote_code)
@@ -653,6 +656,13 @@ class AsrAdapter:
                                for row, r in enumerate(responses)]
         return responses
 
+    def own_languages(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
+                      ) -> list[str | None]:
+        """``languages`` with the rows the caller left open (None) filled by the model's own
+        choice where the family makes it before decoding (Whisper's language detection); None
+        stays None for families that decide while decoding or not at all."""
+        return list(languages)
+
     def _generate(self, inputs: dict[str, torch.Tensor], **options):
         """The model's ``generate`` on :meth:`build_batch` inputs (a family may call another)."""
         return self.model.generate(**inputs, **options)
@@ -712,7 +722,9 @@ class AsrAdapter:
                    for lang, text in zip(languages, texts, strict=True)]
         prompt_languages = [self._sft_prompt_language(lang) for lang in languages]
         batch = self.build_batch(audios, prompt_languages, targets)
-        labels = torch.full_like(batch.inputs["input_ids"], IGNORE_INDEX)
+        # The token ids the model reads (the decoder's in an encoder-decoder family).
+        ids = batch.inputs.get("decoder_input_ids", batch.inputs.get("input_ids"))
+        labels = torch.full_like(ids, IGNORE_INDEX)
         width = batch.prompt_length
         for row, target in enumerate(targets):
             labels[row, width:width + len(target)] = torch.tensor(target, dtype=torch.long)

@@ -79,11 +79,16 @@ class Rollout:
     keep_stop_token: bool
     headers: list[int] = field(default_factory=list)  # leading header ids per row (or none)
     header_languages: list[str | None] = field(default_factory=list)
+    # The language each row's prompt named (None: none); a family that picks a language before
+    # decoding (Whisper) has filled the rows the caller left open. Scoring uses the same.
+    prompt_languages: list[str | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.headers:  # a rollout without student headers
             object.__setattr__(self, "headers", [0] * len(self.responses))
             object.__setattr__(self, "header_languages", [None] * len(self.responses))
+        if not self.prompt_languages:
+            object.__setattr__(self, "prompt_languages", [None] * len(self.responses))
 
     @property
     def lengths(self) -> list[int]:
@@ -240,8 +245,12 @@ def rollout(student: AsrAdapter, audios: Sequence[np.ndarray], languages: Sequen
             synced_gpus = default_synced_gpus()
     else:
         decoder, synced_gpus = decoding_copy(student), False
+    # The model that decodes also picks the open languages (Whisper's detection): on the
+    # decoding copy no rank waits for another.
+    languages = decoder.own_languages(audios, languages)
     raw = decoder.generate(audios, languages, max_new_tokens=max_new_tokens,
                            do_sample=do_sample, temperature=temperature,
                            synced_gpus=synced_gpus, generator=generator)
     cleaned = clean_responses(raw, student.stop_token_ids, keep_stop_token=keep_stop_token)
-    return with_student_headers(cleaned, student, languages)
+    return replace(with_student_headers(cleaned, student, languages),
+                   prompt_languages=list(languages))

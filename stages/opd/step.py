@@ -159,6 +159,16 @@ def teacher_logprobs(teacher: AsrAdapter, vocab_map: VocabMap, audios: Sequence[
                                                      blocked_student_ids=blocked_student_ids)
 
 
+def student_picked_languages(roll: Rollout, asked: Sequence[str | None]
+                             ) -> list[str | None]:
+    """The language the student chose itself in each row, else None: the one its header names,
+    or the one its family picked for a prompt left open (Whisper's detection). The teacher is
+    prompted with it after the manifest's: it is what the student conditioned on."""
+    return [header or (prompted if given is None else None)
+            for header, prompted, given in zip(roll.header_languages, roll.prompt_languages,
+                                               asked, strict=True)]
+
+
 def nonfinite_rows(values: Tensor) -> int:
     """Rows of [N, V] values holding a NaN or +inf (-inf is a legitimate "impossible")."""
     return int((torch.isnan(values) | torch.isposinf(values)).any(-1).sum())
@@ -189,7 +199,8 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
     bodies = roll.bodies()
     choice = choose_languages(batch.languages, [student.decode_response(b) for b in bodies],
                               fallback=cfg.fallback_language, latin_language=cfg.latin_language,
-                              header_languages=roll.header_languages,
+                              header_languages=student_picked_languages(
+                                  roll, student_languages),
                               promptable=teacher.prompt_languages)
     stats.update(choice.stats())
     # Any of the student's end ids means "stop"; the teacher is told the student's main one.
@@ -220,7 +231,8 @@ def opd_forward(student: AsrAdapter, teacher: AsrAdapter, vocab_map: VocabMap,
 
     grad_mode = contextlib.nullcontext() if compute_grad else torch.no_grad()
     with grad_mode:
-        logits, _ = student.response_logits(batch.audios, student_languages, roll.responses)
+        logits, _ = student.response_logits(batch.audios, roll.prompt_languages,
+                                            roll.responses)
         stats["time_student"] = clock.lap()
         # Blocked ids are -inf on the student side too: both distributions are the ones
         # decoding draws from, the student's top-k never wastes a union slot on an id it cannot

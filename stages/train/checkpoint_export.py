@@ -429,6 +429,11 @@ def _table(rows: Sequence[tuple[str, Any]]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {key} | {_cell(value)} |" for key, value in rows)]
 
 
+def _auto_class_name(family: str) -> str:
+    """The transformers Auto class that loads a family's exported folder."""
+    return "AutoModelForSpeechSeq2Seq" if family == "whisper" else "AutoModelForSeq2SeqLM"
+
+
 def model_card(summary: dict[str, Any], provenance: dict[str, Any], *, name: str,
                location: str | None = None, results: Sequence[dict[str, Any]] = ()) -> str:
     """The folder's README.md: front matter, provenance, verification, results, usage
@@ -491,8 +496,8 @@ def model_card(summary: dict[str, Any], provenance: dict[str, Any], *, name: str
               "responses = adapter.generate([audio_16khz], [None], max_new_tokens=64)",
               "print(adapter.decode_response(responses[0]))",
               "```", "",
-              "Plain transformers: `AutoModelForSeq2SeqLM.from_pretrained(folder)` and "
-              "`AutoProcessor.from_pretrained(folder)`.", "",
+              f"Plain transformers: `{_auto_class_name(summary['family'])}"
+              ".from_pretrained(folder)` and `AutoProcessor.from_pretrained(folder)`.", "",
               "## Versions (export environment)", ""]
     lines += _table(sorted(provenance["versions"].items()))
     return "\n".join(lines) + "\n"

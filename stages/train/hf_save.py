@@ -22,11 +22,12 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers import AutoConfig
 
 from stages.common.errors import UserError
 from stages.common.fsutil import publish_dir, staging_dir
 from stages.common.runtime import DTYPES
+from stages.models.base import MODEL_AUTO_CLASSES
 from stages.train.distributed import DistEnv, barrier
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,6 @@ log = logging.getLogger(__name__)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 _NOT_COPIED = frozenset({"config.json", "model.safetensors.index.json",
                          "pytorch_model.bin.index.json"})
-# Same order as the adapters' loader: audio LLMs register as seq2seq LMs in transformers.
-_AUTO_CLASSES = (AutoModelForSeq2SeqLM, AutoModelForCausalLM)
 # Dtypes the weights can be saved in: those of --dtype everywhere.
 EXPORT_DTYPES = DTYPES
 
@@ -69,7 +68,7 @@ def plain_model_from_config(base_dir: str | Path, *, trust_remote_code: bool = F
     """A randomly initialised, unsharded model of the base folder's architecture (CPU)."""
     config = AutoConfig.from_pretrained(base_dir, trust_remote_code=trust_remote_code)
     errors = []
-    for auto in _AUTO_CLASSES:
+    for auto in MODEL_AUTO_CLASSES:  # the adapters' loading order
         try:
             return auto.from_config(config, trust_remote_code=trust_remote_code)
         except ValueError as err:  # this Auto class does not know the config's model type
