@@ -42,6 +42,7 @@ from transformers import GenerationConfig
 from stages.data.batching import AudioBatch, Utterance
 from stages.demo.sentences import LANGUAGES, generate_sentence
 from stages.demo.tiny import build_student, build_teacher, resolve_spec, save_dir, train_tokenizer
+from stages.demo.tiny_whisper import build_whisper, train_whisper_tokenizer
 from stages.models import load_adapter
 from stages.opd.config import OpdConfig
 from stages.opd.rollout import decoding_copy, rollout
@@ -64,13 +65,38 @@ SMALL_SPEC = {"vocab_multiple": 4096, "num_mel_bins": 128, "chunk_seconds": 10,
               "max_positions": 4096}
 
 
-def device_and_models(workdir: Path, small: bool) -> tuple[torch.device, torch.dtype]:
+# Whisper pair (--pair whisper): a Whisper-large-v3-size teacher (1.55 B) and a
+# Whisper-small-size student (244 M), one 51,866-wide vocabulary.
+WHISPER_REAL = {
+    "teacher": {"d_model": 1280, "encoder_layers": 32, "decoder_layers": 32, "heads": 20,
+                "ffn": 5120, "num_mel_bins": 128, "vocab_multiple": 51_866},
+    "student": {"d_model": 768, "encoder_layers": 12, "decoder_layers": 12, "heads": 12,
+                "ffn": 3072, "num_mel_bins": 80, "vocab_multiple": 51_866},
+}
+WHISPER_SMALL = {"teacher": {"d_model": 96}, "student": {}}
+PAIRS = ("qwen3_glm", "whisper")
+
+
+def device_and_models(workdir: Path, small: bool, pair: str = "qwen3_glm"
+                      ) -> tuple[torch.device, torch.dtype]:
     """The device and dtype a single-process benchmark runs in (CUDA and bf16 when there is a
     GPU), with the models built into ``workdir`` unless they are there already."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not (workdir / "teacher").is_dir():
-        build_models(resolve_spec(SMALL_SPEC if small else REAL_SPEC), workdir)
+        build_pair(pair, small, workdir)
     return device, torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def build_pair(pair: str, small: bool, workdir: Path) -> tuple[Path, Path]:
+    """``qwen3_glm``: the Qwen3-ASR teacher and GLM-ASR student of the module docstring;
+    ``whisper``: two Whispers (:data:`WHISPER_REAL`). ``small``: CPU smoke-check sizes."""
+    if pair == "whisper":
+        tokenizer = train_whisper_tokenizer(corpus_text(), 1536)
+        dims = WHISPER_SMALL if small else WHISPER_REAL
+        for seed, role in enumerate(("teacher", "student")):
+            save_dir(workdir / role, *build_whisper(tokenizer, dims[role], seed=seed))
+        return workdir / "teacher", workdir / "student"
+    return build_models(resolve_spec(SMALL_SPEC if small else REAL_SPEC), workdir)
 
 
 def corpus_text(count: int = 2000) -> list[str]:
@@ -129,7 +155,7 @@ def compare_rollouts(student, batch: AudioBatch, max_new_tokens: int, device: to
                                   eos_token_id=plain.stop_token_id,
                                   pad_token_id=plain.pad_token_id, cache_implementation=cache)
         with torch.no_grad():
-            return plain.model.generate(**inputs, generation_config=config)
+            return plain._generate(inputs, generation_config=config)  # the family's generate
 
     # Fresh clip arrays per call (a copy, ~3 ms for 40 clips): encoding is timed, as in a step.
     ours, roll = timed(device, lambda: rollout(student, [a.copy() for a in batch.audios],
@@ -181,6 +207,9 @@ def main() -> int:
     p.add_argument("--compare-repeats", type=int, default=3,
                    help="timed calls of each decoder in the side-by-side (0: skip it)")
     p.add_argument("--small", action="store_true", help="tiny default sizes (CPU smoke check)")
+    p.add_argument("--pair", choices=PAIRS, default="qwen3_glm",
+                   help="teacher and student: Qwen3-ASR-1.7B-size and GLM-ASR-0.6B-size, or "
+                        "Whisper-large-v3-size and Whisper-small-size")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/bench_models"),
                    help="where rank 0 builds the models (removed at the end unless --keep)")
     p.add_argument("--keep", action="store_true",
@@ -192,10 +221,9 @@ def main() -> int:
 
     env = init_distributed()
     device = env.device
-    spec = resolve_spec(SMALL_SPEC if args.small else REAL_SPEC)
     t0 = time.perf_counter()
     if env.is_main and not (args.workdir / "student").is_dir():  # kept by an earlier --keep
-        build_models(spec, args.workdir)
+        build_pair(args.pair, args.small, args.workdir)
     barrier()
     build_seconds = time.perf_counter() - t0
     teacher_dir, student_dir = args.workdir / "teacher", args.workdir / "student"

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig
 
-from benchmarks.bench_opd_step import device_and_models, sync
+from benchmarks.bench_opd_step import PAIRS, device_and_models, sync
 from stages.data.audio import TARGET_SAMPLE_RATE, write_wav
 from stages.data.batching import Utterance, load_batch
 from stages.models import load_adapter
@@ -64,7 +64,7 @@ def hf_generate(adapter, utterances, max_new_tokens: int, cache: str | None, dev
         sync(device)
         start = time.perf_counter()
         with torch.no_grad():
-            adapter.model.generate(**inputs, generation_config=config)
+            adapter._generate(inputs, generation_config=config)  # the family's generate
         sync(device)
         times.append(time.perf_counter() - start)
     return times[-1]
@@ -111,6 +111,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--small", action="store_true", help="tiny shapes (CPU smoke check)")
+    p.add_argument("--pair", choices=PAIRS, default="qwen3_glm",
+                   help="the models (benchmarks/bench_opd_step.py --pair)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64, 128])
     p.add_argument("--batches", type=int, default=4,
                    help="batches timed per batch size (the first one's loading and encoding "
@@ -129,7 +131,7 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    device, dtype = device_and_models(args.workdir, args.small)
+    device, dtype = device_and_models(args.workdir, args.small, args.pair)
     clips = make_clips(args.workdir / "clips", max(args.batch_sizes) * args.batches,
                        args.seconds)
     rows = []

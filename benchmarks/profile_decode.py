@@ -67,8 +67,8 @@ def profile(adapter, clips, languages, max_new_tokens: int, logprobs: bool, devi
                               pad_token_id=adapter.pad_token_id,
                               cache_implementation="static" if device.type == "cuda" else None)
     with torch.no_grad():
-        adapter.model.generate(**inputs, generation_config=config)
-        hf = best_time(device, lambda: adapter.model.generate(**inputs, generation_config=config),
+        adapter._generate(inputs, generation_config=config)  # the family's generate
+        hf = best_time(device, lambda: adapter._generate(inputs, generation_config=config),
                        2)
     audio_seconds = sum(len(c) for c in clips) / 16000
     return {"encode_per_clip_s": per_clip, "encode_batched_s": encode,
