@@ -214,3 +214,24 @@ def test_two_sharded_ranks_decode_and_score_a_whisper_student(whisper_dir, opd_m
         assert rank["positions"] == rank["reference_positions"] > 0 and rank["grads_finite"]
         assert rank["empty_grads"] == rank["parameters"]
     assert early["empty_positions"] == 0
+
+
+def test_batched_features_give_whisper_the_processors_features(student, batch):
+    """The GPU path (forced here on the CPU): one STFT per batch, checked against the processor
+    on probe clips and on each new prompt; decoding is unchanged."""
+    assert student._batched_features() is None  # CPU default: the processor per clip
+    student.batched_features = True
+    assert student._batched_features() is not None
+    languages = [u.language for u in batch.utterances]
+    fast = student.build_batch(batch.audios, languages).inputs
+    student.batched_features = False
+    slow = student.build_batch([a.copy() for a in batch.audios], languages).inputs
+    assert set(fast) == set(slow) == {"input_features", "decoder_input_ids",
+                                      "decoder_attention_mask"}
+    torch.testing.assert_close(fast["input_features"], slow["input_features"], atol=1e-5,
+                               rtol=0)
+    assert torch.equal(fast["decoder_input_ids"], slow["decoder_input_ids"])
+    student.batched_features = True
+    assert student._feature_recipe is not None  # no disagreement found on the way
+    with pytest.raises(UserError, match="longer than Whisper's 30 s window"):
+        student.build_batch([np.zeros(30 * 16000 + 1, dtype=np.float32)], ["en"])

@@ -7,8 +7,9 @@ decoding time of a 128-clip batch (README "Decoding"). One processor call per ba
 answer: a clip's features would then depend on its batch mates (Qwen3-ASR pads to the longest
 clip, and the STFT's reflection at a clip's end then sees the padding).
 
-The recipe mirrors the two Whisper-style extractors the project's families use (GLM-ASR's
-``WhisperFeatureExtractor`` behind 30 s windows, Qwen3-ASR's own extractor) and is checked against
+The recipe mirrors the Whisper-style extractors the project's families use (GLM-ASR's
+``WhisperFeatureExtractor`` behind fixed windows, Whisper's own one window, Qwen3-ASR's extractor)
+and is checked against
 the processor on probe clips when an adapter is built (:func:`verified_recipe`); a processor it
 does not know, or one it disagrees with, keeps the per-clip processor path.
 """
@@ -42,6 +43,7 @@ class LogMelRecipe:
     pad_to: int | None = None          # Whisper: pad every piece to this many samples
     min_samples: int = 0               # Qwen3-ASR: zero-pad shorter clips (counted as audio)
     frame_multiple: int = 1            # Qwen3-ASR: pad the frame axis to a multiple of this
+    with_mask: bool = True             # the processor returns a feature mask (Whisper's: none)
 
     def pieces(self, clip: np.ndarray) -> list[np.ndarray] | None:
         """The clip's pieces, or None when this recipe does not cover it."""
@@ -72,6 +74,10 @@ def recipe_for(processor) -> LogMelRecipe | None:
                             window_samples=int(extractor.sampling_rate * extractor.chunk_length),
                             max_windows=int(processor.max_audio_len // extractor.chunk_length),
                             pad_to=int(extractor.n_samples))
+    if processor_name == "WhisperProcessor" and extractor_name == "WhisperFeatureExtractor":
+        # One 30 s window per clip (the whisper family refuses longer clips), no mask.
+        return LogMelRecipe(**common, window_samples=int(extractor.n_samples), max_windows=1,
+                            pad_to=int(extractor.n_samples), with_mask=False)
     if processor_name == "Qwen3ASRProcessor" and extractor_name == "Qwen3ASRFeatureExtractor":
         n_window = type(processor).audio_kwargs.get("n_window", extractor.n_window)
         return LogMelRecipe(**common, min_samples=int(extractor.min_length),
@@ -146,8 +152,9 @@ def log_mel_batch(recipe: LogMelRecipe, clips: Sequence[np.ndarray], device: tor
         if width > width_in:  # the frame-axis padding reaches past the batch's widest piece
             clip_features = torch.nn.functional.pad(clip_features, (0, width - width_in))
             clip_mask = torch.nn.functional.pad(clip_mask, (0, width - width_in))
-        out.append(({FEATURES: clip_features, MASK: clip_mask},
-                    tuple(audio_frames[row:row + count])))
+        inputs = {FEATURES: clip_features, MASK: clip_mask} if recipe.with_mask \
+            else {FEATURES: clip_features}
+        out.append((inputs, tuple(audio_frames[row:row + count])))
         row += count
     return out
 
@@ -160,7 +167,7 @@ def verified_recipe(processor, encode_with_processor) -> LogMelRecipe | None:
         return None
     rng = np.random.default_rng(0)
     lengths = [1_234, 48_077, 16_000 * 9 + 3]
-    if recipe.window_samples is not None:
+    if recipe.window_samples is not None and (recipe.max_windows or 3) >= 3:
         lengths.append(recipe.window_samples * 2 + 1_001)
     probes = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
     ours = log_mel_batch(recipe, probes, torch.device("cpu"))

@@ -104,11 +104,6 @@ class WhisperAdapter(AsrAdapter):
         prompt = self.prefix(language) if language is not None else [self._start_id]
         return prompt, self._features(clip, on_host=on_host)
 
-    def _encode_batch(self, audios: Sequence[np.ndarray], languages: Sequence[str | None]
-                      ) -> list[Encoding]:
-        return [self._encode_clip(audio, language)
-                for audio, language in zip(audios, languages, strict=True)]
-
     @torch.no_grad()
     def detect_languages(self, features: torch.Tensor) -> list[str]:
         """Whisper's language detection: the most likely language token after
