@@ -7,6 +7,7 @@ inputs on synthetic clips (sines and noise: enough for the mechanics, which is w
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import subprocess
@@ -482,3 +483,81 @@ def test_a_clip_is_encoded_once_per_language_while_it_lives(adapter, monkeypatch
     del batch, responses
     gc.collect()
     assert len(adapter._encodings) == before
+
+
+def reference_greedy(adapter, clips, languages, max_new_tokens):
+    """The plainest decoder: a full forward over the whole sequence for every new token (no
+    cache), blocked ids at -inf, argmax; a row is recorded up to its stop and then left alone."""
+    batch = adapter.build_batch(clips, languages)
+    inputs = dict(batch.inputs)
+    out = [[] for _ in clips]
+    done = [False] * len(clips)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = adapter.model(**inputs, use_cache=False).logits[:, -1].float()
+            logits[:, adapter.blocked_token_ids] = float("-inf")
+            chosen = logits.argmax(-1)
+            for row, token in enumerate(chosen.tolist()):
+                if not done[row]:
+                    out[row].append(token)
+                    done[row] = token in adapter.stop_token_ids
+            if all(done):
+                break
+            mask = inputs["attention_mask"]
+            inputs["input_ids"] = torch.cat([inputs["input_ids"], chosen[:, None]], dim=1)
+            inputs["attention_mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            positions = inputs["position_ids"]
+            inputs["position_ids"] = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+    return out
+
+
+def test_greedy_decoding_equals_a_per_token_reference_loop(adapter, clips):
+    """Mixed clip lengths (prompts left-padded to different widths), one row stopping early,
+    one blocked id pushed to the top (the audio placeholder): token for token the same."""
+    languages = ["zh", None, "en", "de"]
+    audio_slot = adapter.model.config.audio_token_id
+    with LogitBias(adapter, adapter.stop_token_id, 1e4, rows=[1]), \
+            LogitBias(adapter, audio_slot, 1e3):
+        got = adapter.generate(clips, languages, max_new_tokens=6)
+        want = reference_greedy(adapter, clips, languages, 6)
+    prompts = adapter.build_batch(clips, languages).inputs["attention_mask"].sum(-1)
+    assert len(set(prompts.tolist())) > 1  # the rows really are padded differently
+    assert got == want
+    assert got[1] == [adapter.stop_token_id] and all(len(got[r]) == 6 for r in (0, 2, 3))
+    assert audio_slot not in {t for row in got for t in row}
+
+
+def test_sampling_matches_the_softmax_frequencies(adapter, clips):
+    """2,000 first tokens drawn for one clip at temperature 1.5 against the probabilities of the
+    model's blocked-masked softmax: each likely token within 4.5 binomial standard deviations,
+    and no blocked id ever drawn. Three allowed ids get a logit bias (a random tiny model is
+    nearly uniform), and the most likely id of all is blocked on purpose."""
+    temperature, rows, rounds = 1.5, 400, 5
+    clip = clips[0]
+    blocked = set(adapter.blocked_token_ids.tolist())
+    allowed = [i for i in range(adapter.vocab_size) if i not in blocked][:3]
+    biases = [LogitBias(adapter, token, value)
+              for token, value in zip(allowed, (5.0, 6.0, 7.0), strict=True)]
+    biases.append(LogitBias(adapter, adapter.model.config.audio_token_id, 20.0))
+    with contextlib.ExitStack() as stack:
+        for bias in biases:
+            stack.enter_context(bias)
+        logits, _ = adapter.response_logits([clip], ["en"], [[adapter.stop_token_id]],
+                                            mask_blocked=True)
+        probs = torch.softmax(logits[0, 0].detach() / temperature, -1)
+        counts = torch.zeros_like(probs)
+        for seed in range(rounds):
+            drawn = adapter.generate([clip] * rows, ["en"] * rows, max_new_tokens=1,
+                                     do_sample=True, temperature=temperature,
+                                     generator=torch.Generator().manual_seed(seed))
+            for row in drawn:
+                counts[row[0]] += 1
+    total = rows * rounds
+    assert float(counts[adapter.blocked_token_ids].sum()) == 0
+    frequencies = counts / total
+    likely = (probs > 0.01).nonzero().flatten()
+    assert set(allowed) <= set(likely.tolist())
+    sd = (probs[likely] * (1 - probs[likely]) / total).sqrt()
+    gaps = (frequencies[likely] - probs[likely]).abs() / sd
+    assert float(gaps.max()) < 4.5, (likely.tolist(), gaps.tolist())
+    assert abs(float(frequencies[likely].sum() - probs[likely].sum())) < 0.05
