@@ -142,7 +142,8 @@ def test_clips_over_thirty_seconds_are_refused(student):
 
 def test_sft_labels_follow_the_trainers_convention(student, batch):
     texts = ["hello world", "你好"]
-    two = type(batch)(batch.utterances[:2], batch.audios[:2])
+    two = type(batch)([batch.utterances[0], batch.utterances[2]],  # rows with a language
+                      [batch.audios[0], batch.audios[2]])
     inputs = student.sft_inputs(two.audios, two.languages, texts)
     labels, ids = inputs["labels"], inputs["decoder_input_ids"]
     for row, text in enumerate(texts):
@@ -160,6 +161,11 @@ def test_sft_labels_follow_the_trainers_convention(student, batch):
                               labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
     assert int(tokens) == sum(len(student.encode_response(t)) for t in texts)
     torch.testing.assert_close(loss_sum, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_sft_needs_every_language(student, batch):
+    with pytest.raises(UserError, match="Whisper fine-tuning needs the language"):
+        student.sft_inputs(batch.audios[:2], ["en", None], ["hello", "world"])
 
 
 def test_identical_whisper_teacher_and_student_agree_exactly(student, whisper_dir, batch):

@@ -82,6 +82,15 @@ class WhisperAdapter(AsrAdapter):
         return [self._start_id, self.language_ids[language], self._transcribe_id,
                 self._no_timestamps_id]
 
+    def _sft_prompt_language(self, language: str | None) -> str | None:
+        # Training reads the prompt it is given: detecting the language with the model being
+        # trained would make the labels depend on its current weights (and, sharded, make ranks
+        # run different numbers of forwards).
+        if language is None:
+            raise UserError("Whisper fine-tuning needs the language of every utterance (its "
+                            "decoder prompt names it); set `language` in the manifest")
+        return language
+
     # ---- encoding -------------------------------------------------------------------------------
 
     def _features(self, clip: np.ndarray, *, on_host: bool = False) -> dict[str, torch.Tensor]:
