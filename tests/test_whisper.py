@@ -241,3 +241,16 @@ def test_batched_features_give_whisper_the_processors_features(student, batch):
     assert student._feature_recipe is not None  # no disagreement found on the way
     with pytest.raises(UserError, match="longer than Whisper's 30 s window"):
         student.build_batch([np.zeros(30 * 16000 + 1, dtype=np.float32)], ["en"])
+
+
+def test_transcripts_report_the_language_whisper_detected(student, batch):
+    from stages.models.transcribe import transcribe_batch
+
+    detected = student.own_languages(batch.audios, [None] * len(batch))
+    open_prompts = transcribe_batch(student, batch.utterances, max_new_tokens=3,
+                                    language_hint=False, loader=lambda: batch)
+    assert [t.language for t in open_prompts] == detected
+    hinted = transcribe_batch(student, batch.utterances, max_new_tokens=3, loader=lambda: batch)
+    # With the hint, rows with a manifest language name it in the prompt (nothing detected).
+    assert [t.language for t in hinted] == [None if u.language else detected[row]
+                                            for row, u in enumerate(batch.utterances)]

@@ -56,7 +56,9 @@ class Transcript:
     raw_text: str  # the response before the stop token, decoded with every token (header too)
     tokens: int  # response ids before the stop token
     stopped: bool  # False: ran into max_new_tokens without writing the stop token
-    language: str | None  # ISO code the response declared (Qwen3-ASR header), else None
+    # ISO code the model chose itself: its response header (Qwen3-ASR) or its language detection
+    # for an open prompt (Whisper); None when the prompt named the language or nothing did.
+    language: str | None
     # Mean log-prob of every generated token (header, text and stop) under the decoding
     # distribution (blocked ids excluded); only with ``logprobs=True``, -inf for no token.
     mean_logprob: float | None = None
@@ -188,7 +190,10 @@ def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tok
             language_hint: bool, logprobs: bool,
             loader: Callable[[], AudioBatch] | None) -> list[Transcript]:
     batch = loader() if loader is not None else load_batch(utterances)
-    languages = prompt_languages(adapter, utterances, language_hint)
+    asked = prompt_languages(adapter, utterances, language_hint)
+    # A family that picks open languages before decoding (Whisper) picks them here, once, so
+    # the transcripts can say what it picked.
+    languages = adapter.own_languages(batch.audios, asked)
     token_logprobs = None
     if logprobs:
         responses, token_logprobs = adapter.generate(batch.audios, languages,
@@ -210,7 +215,9 @@ def _decode(adapter: AsrAdapter, utterances: Sequence[Utterance], *, max_new_tok
         transcripts.append(Transcript(
             utterance=utt, text=adapter.decode_response(response),
             raw_text=adapter.tokenizer.decode(body, skip_special_tokens=False),
-            tokens=len(body), stopped=stopped, language=adapter.response_language(response),
+            tokens=len(body), stopped=stopped,
+            language=adapter.response_language(response) or (
+                languages[row] if asked[row] is None else None),
             mean_logprob=mean))
     return transcripts
 

@@ -111,7 +111,10 @@ class WhisperAdapter(AsrAdapter):
         # language (it needs the model) and completes it.
         clip = self._as_clip(audio)
         prompt = self.prefix(language) if language is not None else [self._start_id]
-        return prompt, self._features(clip, on_host=on_host)
+        # The features do not depend on the language: a clip first encoded to detect its
+        # language is not featurised again for the detected one.
+        detected = self._encodings.get(audio, None) if language is not None else None
+        return prompt, detected[1] if detected else self._features(clip, on_host=on_host)
 
     @torch.no_grad()
     def detect_languages(self, features: torch.Tensor) -> list[str]:
