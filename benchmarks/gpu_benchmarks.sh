@@ -4,9 +4,11 @@
 #   opd_step    one real-size OPD step with random weights (phases, tokens/s, peak memory), and
 #               the project's rollout next to transformers generate (dynamic, static cache)
 #   transcribe  teacher-data and evaluation throughput (1.7B-size teacher, 0.6B-size student)
+#   whisper     the OPD step and transcription with the Whisper pair (large-v3-size teacher,
+#               small-size student; bench_opd_step.py --pair whisper), models in /tmp/bench_whisper
 # Results go to $RESULTS (default results/gpu) as JSON, with a log per benchmark. The OPD step
 # and transcription share the built models (/tmp/bench_models).
-#   benchmarks/gpu_benchmarks.sh [loss] [opd_step] [transcribe]      (default: all three)
+#   benchmarks/gpu_benchmarks.sh [loss] [opd_step] [transcribe] [whisper]   (default: the first three)
 # Two GPUs of one host: torchrun --nproc_per_node 2 benchmarks/bench_opd_step.py --json F
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu}
@@ -31,6 +33,9 @@ for item in "${which[@]}"; do
       run opd_step $PY benchmarks/bench_opd_step.py --keep --json "$RESULTS/opd_step.json" ;;
     transcribe)
       run transcribe $PY -m benchmarks.bench_transcribe --batch-sizes 16 64 128 --compare --json "$RESULTS/transcribe.json" ;;
+    whisper)
+      run whisper_step $PY benchmarks/bench_opd_step.py --pair whisper --workdir /tmp/bench_whisper --keep --json "$RESULTS/whisper_opd_step.json"
+      run whisper_transcribe $PY -m benchmarks.bench_transcribe --pair whisper --workdir /tmp/bench_whisper --batch-sizes 64 128 --loader-workers 0 --compare --json "$RESULTS/whisper_transcribe.json" ;;
     *) echo "unknown benchmark $item"; exit 2 ;;
   esac
 done
