@@ -126,3 +126,25 @@ def assert_computes_like(exported, trained, initial, *, seed: int) -> None:
         before, _ = initial.response_logits(clips, [None, None], responses)
     assert torch.equal(got[mask], want[mask])
     assert not torch.allclose(got[mask], before[mask])  # training did change the weights
+
+
+def greedy_by_full_forwards(adapter, inputs: dict, max_new_tokens: int, extend) -> list[list]:
+    """The plainest decoder, the reference for ``AsrAdapter.generate``: a full forward over the
+    whole sequence for every new token (no cache), blocked ids at -inf, argmax. A row is
+    recorded up to its stop and then left alone. ``extend(inputs, chosen)`` returns the inputs
+    with the chosen ids [B] appended (how depends on the family's layout)."""
+    rows = len(next(iter(inputs.values())))
+    out, done = [[] for _ in range(rows)], [False] * rows
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = adapter.model(**inputs, use_cache=False).logits[:, -1].float()
+            logits[:, adapter.blocked_token_ids] = float("-inf")
+            chosen = logits.argmax(-1)
+            for row, token in enumerate(chosen.tolist()):
+                if not done[row]:
+                    out[row].append(token)
+                    done[row] = token in adapter.stop_token_ids
+            if all(done):
+                break
+            inputs = extend(inputs, chosen)
+    return out

@@ -31,6 +31,7 @@ from stages.models import load_adapter
 from stages.models.audio_chat_lm import AudioChatLmAdapter
 from stages.models.qwen3_asr import Qwen3AsrAdapter
 from stages.tiny_models import build_parser, main
+from tests.helpers import greedy_by_full_forwards
 from tests.short_run import SPEC as SMALL_SPEC  # small enough for seconds per test
 
 CORPUS = {
@@ -485,41 +486,24 @@ def test_a_clip_is_encoded_once_per_language_while_it_lives(adapter, monkeypatch
     assert len(adapter._encodings) == before
 
 
-def reference_greedy(adapter, clips, languages, max_new_tokens):
-    """The plainest decoder: a full forward over the whole sequence for every new token (no
-    cache), blocked ids at -inf, argmax; a row is recorded up to its stop and then left alone."""
-    batch = adapter.build_batch(clips, languages)
-    inputs = dict(batch.inputs)
-    out = [[] for _ in clips]
-    done = [False] * len(clips)
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits = adapter.model(**inputs, use_cache=False).logits[:, -1].float()
-            logits[:, adapter.blocked_token_ids] = float("-inf")
-            chosen = logits.argmax(-1)
-            for row, token in enumerate(chosen.tolist()):
-                if not done[row]:
-                    out[row].append(token)
-                    done[row] = token in adapter.stop_token_ids
-            if all(done):
-                break
-            mask = inputs["attention_mask"]
-            inputs["input_ids"] = torch.cat([inputs["input_ids"], chosen[:, None]], dim=1)
-            inputs["attention_mask"] = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            positions = inputs["position_ids"]
-            inputs["position_ids"] = torch.cat([positions, positions[:, -1:] + 1], dim=1)
-    return out
+def append_to_prompt(inputs: dict, chosen: torch.Tensor) -> dict:
+    """Decoder-only layout: the chosen ids join the input ids, the mask and the positions."""
+    mask, positions = inputs["attention_mask"], inputs["position_ids"]
+    return {**inputs, "input_ids": torch.cat([inputs["input_ids"], chosen[:, None]], dim=1),
+            "attention_mask": torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1),
+            "position_ids": torch.cat([positions, positions[:, -1:] + 1], dim=1)}
 
 
 def test_greedy_decoding_equals_a_per_token_reference_loop(adapter, clips):
     """Mixed clip lengths (prompts left-padded to different widths), one row stopping early,
-    one blocked id pushed to the top (the audio placeholder): token for token the same."""
+    and the audio slot id (blocked) given the highest logit: token for token the same."""
     languages = ["zh", None, "en", "de"]
     audio_slot = adapter.model.config.audio_token_id
     with LogitBias(adapter, adapter.stop_token_id, 1e4, rows=[1]), \
             LogitBias(adapter, audio_slot, 1e3):
         got = adapter.generate(clips, languages, max_new_tokens=6)
-        want = reference_greedy(adapter, clips, languages, 6)
+        want = greedy_by_full_forwards(adapter, adapter.build_batch(clips, languages).inputs, 6,
+                                       append_to_prompt)
     prompts = adapter.build_batch(clips, languages).inputs["attention_mask"].sum(-1)
     assert len(set(prompts.tolist())) > 1  # the rows really are padded differently
     assert got == want

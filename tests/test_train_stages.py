@@ -64,9 +64,9 @@ OPD_SMALL = ["--max-new-tokens", "6", "--top-k", "8"]
 LOOP = ["--threads", "1", "--no-tensorboard"]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("train_stages")
+def demo_training_data(root: Path) -> dict[str, Path]:
+    """16 validated demo training clips (en, zh, de) and the tiny models built on them, under
+    ``root``: ``train``, ``teacher`` and ``student`` paths (and ``root``)."""
     sizes = {split: 0 for split in SPLITS} | {"train": 16}
     build_corpus(root / "corpus", sizes, seed=7, train_languages=["en", "zh", "de"],
                  progress=False)
@@ -77,6 +77,11 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     build_tiny_models([train], root / "tiny", SPEC, seed=0)
     return {"root": root, "train": train, "teacher": root / "tiny" / "teacher_init",
             "student": root / "tiny" / "student_init"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> dict[str, Path]:
+    return demo_training_data(tmp_path_factory.mktemp("train_stages"))
 
 
 def sft_args(demo, out: Path, *extra) -> list:

@@ -21,6 +21,7 @@ from stages.opd.config import OpdConfig
 from stages.opd.step import opd_forward, opd_step, prepare_teacher
 from stages.opd.vocab import build_vocab_map
 from stages.train.objectives import SftObjective
+from tests.helpers import greedy_by_full_forwards
 from tests.short_run import batch_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,33 +66,20 @@ def test_the_family_is_detected_and_its_tokens_resolved(student, whisper_dir):
         student.prefix("xx")
 
 
-def reference_greedy(adapter, audios, languages, max_new_tokens):
-    """One full forward per token, blocked ids at -inf, rows frozen after their stop."""
-    batch = adapter.build_batch(audios, languages)
-    features = batch.inputs["input_features"]
-    ids = batch.inputs["decoder_input_ids"]
-    done = torch.zeros(len(audios), dtype=torch.bool)
-    out = [[] for _ in audios]
-    with torch.no_grad():
-        for _ in range(max_new_tokens):
-            logits = adapter.model(input_features=features, decoder_input_ids=ids).logits[:, -1]
-            logits[:, adapter.blocked_token_ids] = float("-inf")
-            chosen = logits.argmax(-1)
-            for row, token in enumerate(chosen.tolist()):
-                if not done[row]:
-                    out[row].append(token)
-                    done[row] = token in adapter.stop_token_ids
-            ids = torch.cat([ids, chosen[:, None]], dim=1)
-            if bool(done.all()):
-                break
-    return out
+def append_to_decoder(inputs: dict, chosen: torch.Tensor) -> dict:
+    """Encoder-decoder layout: the chosen ids join the decoder ids."""
+    return {**inputs,
+            "decoder_input_ids": torch.cat([inputs["decoder_input_ids"], chosen[:, None]], 1)}
 
 
 def test_greedy_decoding_equals_a_per_token_reference_loop(student, batch):
     languages = [u.language for u in batch.utterances]
     with StopAfter(student, row=2, steps=2):
         got = student.generate(batch.audios, languages, max_new_tokens=7)
-        want = reference_greedy(student, batch.audios, languages, 7)
+        built = student.build_batch(batch.audios, languages).inputs
+        want = greedy_by_full_forwards(
+            student, {k: built[k] for k in ("input_features", "decoder_input_ids")}, 7,
+            append_to_decoder)
     assert got == want
     assert got[2][-1] == student.stop_token_id and len(got[2]) == 3  # an early stop
     assert all(len(r) == 7 for row, r in enumerate(got) if row != 2)

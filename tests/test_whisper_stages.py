@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from stages import calibrate, evaluate, export
-from stages.data.validation import Settings, validate_manifest
-from stages.demo.corpus import SPLITS, build_corpus
 from stages.demo.sentences import LANGUAGES, generate_sentence
-from stages.demo.tiny import build_tiny_models, save_dir
+from stages.demo.tiny import save_dir
 from stages.demo.tiny_whisper import build_whisper, train_whisper_tokenizer
 from stages.train import latest_checkpoint
 from tests.helpers import assert_identical, checkpoint_tensors, launch, metric_rows, ok, stage
-from tests.test_train_stages import LENIENT, LOOP, OPD_SMALL, SPEC
+from tests.test_train_stages import LENIENT, LOOP, OPD_SMALL, demo_training_data
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
@@ -26,20 +24,12 @@ KILL_DRIVER = Path(__file__).with_name("stage_kill_driver.py")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("whisper_stages")
-    sizes = {split: 0 for split in SPLITS} | {"train": 16}
-    build_corpus(root / "corpus", sizes, seed=7, train_languages=["en", "zh", "de"],
-                 progress=False)
-    train = root / "data" / "train.jsonl"
-    validate_manifest(root / "corpus" / "manifests" / "train.jsonl", train,
-                      root / "data" / "train.report.json",
-                      Settings(manifest_dir=str(root / "corpus" / "manifests")), progress=False)
-    build_tiny_models([train], root / "tiny", SPEC, seed=0)
+    data = demo_training_data(tmp_path_factory.mktemp("whisper_stages"))
     rng = np.random.default_rng(0)
     texts = [generate_sentence(LANGUAGES[i % len(LANGUAGES)], rng).text for i in range(400)]
-    save_dir(root / "whisper", *build_whisper(train_whisper_tokenizer(texts, 600), seed=1))
-    return {"root": root, "train": train, "teacher": root / "tiny" / "teacher_init",
-            "student": root / "whisper"}
+    whisper = data["root"] / "whisper"
+    save_dir(whisper, *build_whisper(train_whisper_tokenizer(texts, 600), seed=1))
+    return {**data, "student": whisper}
 
 
 def opd_args(demo, calibration: Path, out: Path, *extra) -> list:

@@ -9,7 +9,8 @@ Batch layout, shared by decoding, scoring and SFT so the three see identical tok
 every clip's prompt is built alone and its features never depend on its batch (one processor call
 per clip, or on CUDA one batched STFT equal to it: stages/models/features.py), prompts are
 left-padded to one length P, responses follow from column P on and are right-padded (an
-encoder-decoder family puts the prompt and response in the decoder ids). Position ids follow the attention mask exactly as ``generate`` builds them.
+encoder-decoder family puts the prompt and response in the decoder ids). Position ids follow the
+attention mask exactly as ``generate`` builds them.
 Nothing here assumes a vocabulary size or a special-token id: all come from the checkpoint.
 
 A clip's encoding (prompt ids and features) is kept as long as the clip array lives, per prompt

@@ -70,10 +70,6 @@ class WhisperAdapter(AsrAdapter):
             return int(self.tokenizer.eos_token_id)
         return super()._resolve_stop_token(stop_token)
 
-    def _resolve_pad_token(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return int(pad if pad is not None else self.tokenizer.eos_token_id)
-
     def prefix(self, language: str) -> list[int]:
         """The decoder prompt for a transcription in ``language`` (ISO code)."""
         if language not in self.language_ids:
@@ -107,8 +103,8 @@ class WhisperAdapter(AsrAdapter):
 
     def _encode_clip(self, audio: np.ndarray, language: str | None, *,
                      on_host: bool = False) -> Encoding:
-        # Without a language the prompt is only <|startoftranscript|>; build_batch detects the
-        # language (it needs the model) and completes it.
+        # Without a language the prompt is only <|startoftranscript|>: what detection reads
+        # (own_languages, which build_batch calls for open rows).
         clip = self._as_clip(audio)
         prompt = self.prefix(language) if language is not None else [self._start_id]
         # The features do not depend on the language: a clip first encoded to detect its
@@ -153,15 +149,12 @@ class WhisperAdapter(AsrAdapter):
             raise ValueError(f"{len(audios)} clips but {len(languages)} languages")
         if responses is not None and len(responses) != len(audios):
             raise ValueError(f"{len(audios)} clips but {len(responses)} responses")
+        if None in languages:
+            languages = self.own_languages(audios, languages)
         encoded = self._encode_clips(audios, languages)
         features = collate_audio([a for _, a in encoded])["input_features"]
         features = features.to(self.device, self.model.dtype)
-        prompts = [list(p) for p, _ in encoded]
-        undetected = [row for row, p in enumerate(prompts) if len(p) == 1]
-        if undetected:
-            found = self.detect_languages(features[undetected])
-            for row, language in zip(undetected, found, strict=True):
-                prompts[row] = self.prefix(language)
+        prompts = [p for p, _ in encoded]
         responses = [list(r) for r in responses] if responses is not None else [[]] * len(prompts)
         for row, response in enumerate(responses):
             if response and not 0 <= min(response) <= max(response) < self.vocab_size:
