@@ -170,10 +170,31 @@ def compare_rollouts(student, batch: AudioBatch, max_new_tokens: int, device: to
             "ms_per_token_step_static": 1000 * static / max_new_tokens}
 
 
+COLLECTIVES = {"all_gather": ("allgather", "all_gather"),
+               "reduce_scatter": ("reducescatter", "reduce_scatter"),
+               "all_reduce": ("allreduce", "all_reduce")}
+
+
+def collective_times(events) -> dict[str, float]:
+    """Milliseconds of GPU time in NCCL kernels per collective (FSDP2's all-gathers before each
+    block's forward and backward, its reduce-scatters of gradients), from profiler averages."""
+    totals = dict.fromkeys(COLLECTIVES, 0.0)
+    for event in events:
+        name = event.key.lower()
+        if "nccl" not in name:
+            continue
+        for kind, spellings in COLLECTIVES.items():
+            if any(spelling in name for spelling in spellings):
+                totals[kind] += event.self_device_time_total / 1000
+                break
+    return totals
+
+
 def profile_step(student, teacher, vocab_map, batch: AudioBatch, cfg: OpdConfig, optimizer,
-                 path: Path, rank: int) -> None:
+                 path: Path, rank: int) -> dict:
     """One more step under torch.profiler; the operators with the most self time on the host
-    and on the GPU go to ``path`` (rank 0; other ranks add ``.rank<k>``)."""
+    and on the GPU go to ``path`` (rank 0; other ranks add ``.rank<k>``). Returns the step's
+    wall time and its GPU time in collectives (ms)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
@@ -181,17 +202,20 @@ def profile_step(student, teacher, vocab_map, batch: AudioBatch, cfg: OpdConfig,
         activities.append(ProfilerActivity.CUDA)
     step_batch = AudioBatch(batch.utterances, [a.copy() for a in batch.audios])
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         loss_sum, positions, _ = opd_step(student, teacher, vocab_map, step_batch, cfg)
         (loss_sum / max(positions, 1)).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(student.device)
+        wall = time.perf_counter() - start
     table = prof.key_averages()
     sections = [table.table(sort_by="self_cpu_time_total", row_limit=30)]
     if torch.cuda.is_available():
         sections.append(table.table(sort_by="self_cuda_time_total", row_limit=30))
     target = path if rank == 0 else path.with_name(f"{path.name}.rank{rank}")
     target.write_text("\n\n".join(sections))
+    return {"profiled_step_s": wall, "collectives_ms": collective_times(table)}
 
 
 def main() -> int:
@@ -216,7 +240,8 @@ def main() -> int:
                    help="keep the built models for the next benchmark (bench_transcribe)")
     p.add_argument("--json", type=Path, help="write the results here (rank 0)")
     p.add_argument("--profile", type=Path,
-                   help="also profile one more step; operator tables (host, GPU) to this file")
+                   help="also profile one more step; operator tables (host, GPU) to this file, "
+                        "its GPU time in NCCL collectives to --json (per rank)")
     args = p.parse_args()
 
     env = init_distributed()
@@ -288,9 +313,11 @@ def main() -> int:
         if step > 0:  # step 0 warms up kernels, compilation and the allocator
             rows.append(row)
 
+    profiled = None
     if args.profile:
-        profile_step(student, teacher, vocab_map, batch, cfg, optimizer, args.profile,
-                     env.rank)
+        profiled = profile_step(student, teacher, vocab_map, batch, cfg, optimizer, args.profile,
+                                env.rank)
+        print(json.dumps({"rank": env.rank, **profiled}), file=sys.stderr)
     summary = {key: statistics.median(r[key] for r in rows)
                for key in rows[0] if key not in ("step", "rank") and rows[0][key] is not None}
     comparison = None
@@ -299,7 +326,7 @@ def main() -> int:
                                       args.compare_repeats)
         print(json.dumps({"rank": env.rank, **comparison}), file=sys.stderr)
     per_rank = gather_objects({"rank": env.rank, "median": summary, "steps": rows,
-                               "rollout_comparison": comparison})
+                               "rollout_comparison": comparison, "profile": profiled})
     if env.is_main:
         result = {
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

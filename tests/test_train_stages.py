@@ -305,6 +305,23 @@ def test_calibration_fails_on_an_unmappable_teacher(demo, tmp_path, capsys):
     assert report["metrics"] == {}  # the forward passes are skipped
 
 
+def test_calibration_of_a_pool_without_transcripts(demo, tmp_path):
+    # OPD needs no reference text: a manifest without any still calibrates, its coverage taken
+    # over the stop token (the rollouts' tokens are the unmapped_fraction check).
+    pool = tmp_path / "pool.jsonl"
+    rows = [json.loads(line) for line in demo["train"].read_text().splitlines()]
+    write_jsonl(pool, ({k: v for k, v in row.items() if k != "text"} for row in rows))
+    output = tmp_path / "calibration.json"
+    args = calibrate_args(demo, output, demo["teacher"], *LENIENT)
+    args[args.index("--train") + 1] = pool
+    assert stage(calibrate, args) == 0
+    report = json.loads(output.read_text())
+    assert report["passed"] is True
+    assert report["vocabulary"]["transcripts_tokenized"] == 0
+    assert report["vocabulary"]["in_play_fraction"] == 1.0
+    assert report["metrics"]["rows"] == 8 and report["metrics"]["positions"] > 0
+
+
 # ---- train_opd ------------------------------------------------------------------------------
 
 def opd_args(demo, calibration: Path, out: Path, *extra) -> list:

@@ -90,8 +90,10 @@ def coverage_check(vocab_map: VocabMap, student: AsrAdapter, utterances: list[Ut
                    min_fraction: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """(check, coverage report) for the student ids of the training transcripts + stop token."""
     texts = [u.text for u in utterances[:COVERAGE_SAMPLE] if u.text]
-    ids = [i for row in student.tokenizer(texts, add_special_tokens=False)["input_ids"]
-           for i in row]
+    # An OPD pool needs no transcripts; without any, the stop token is what is known in play
+    # (the rollouts' own tokens are checked by unmapped_fraction).
+    rows = student.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = [i for row in rows for i in row]
     ids.append(student.stop_token_id)
     try:
         report = vocab_map.require_coverage(ids, required_ids=[student.stop_token_id],
