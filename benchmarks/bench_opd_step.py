@@ -181,7 +181,8 @@ def collective_times(events) -> dict[str, float]:
     totals = dict.fromkeys(COLLECTIVES, 0.0)
     for event in events:
         name = event.key.lower()
-        if "nccl" not in name:
+        # The kernels only: the host's `nccl:_all_gather_base` record carries the same GPU time.
+        if not name.startswith(("nccldevkernel", "ncclkernel")):
             continue
         for kind, spellings in COLLECTIVES.items():
             if any(spelling in name for spelling in spellings):
