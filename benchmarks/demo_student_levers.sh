@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Which lever makes the demo's student base hear (issue "Show the method working", item 2)?
-# Trains the tiny GLM-ASR-style student of the demo (stages.sft, the bootstrap settings of
-# config/demo.yaml: batch 16, lr 1e-3, cosine) on the demo corpus in six languages (today's
-# demo) or in the two the presets use (zh, en), for several step counts, and scores it on a
-# development split: the td_pool rows in zh (CER) and en (WER), which the student base never
-# trains on; never on the five evaluation presets. Prints, per run and language, the error
-# rate and how many distinct transcripts the student wrote (a grammar guesser writes few).
-#   benchmarks/demo_student_levers.sh OUT_DIR [STEPS...]        (default steps: 250 500 850)
-# Run from the project root with the project's venv active. Each step is ~0.4 s on 2 cores.
+# Which levers make the demo's student base hear, and its teacher lead (issue "Show the method
+# working", item 2)? Trains the demo's tiny models (stages.sft with the bootstrap settings of
+# config/demo.yaml: batch 16, cosine, lr 1e-3 unless given) on the demo corpus in six languages
+# (the old demo) or in the two the presets use (zh, en), and scores them on a development
+# split: the td_pool rows in zh (CER) and en (WER), which the bootstraps never train on; never
+# on the five evaluation presets. Prints, per run and language, the error rate and how many
+# distinct transcripts the model wrote (a grammar guesser writes few).
+#   benchmarks/demo_student_levers.sh OUT_DIR [STEPS...]   the GLM-ASR-style student, both corpora
+#                                                           (default steps: 250 500 850)
+#   benchmarks/demo_student_levers.sh OUT_DIR --teacher CONV STEPS [LR]
+#       the Qwen3-ASR-style teacher on zh + en, its conv front end CONV channels wide
+# Run from the project root with the project's venv active. A student step is ~0.4 s on 2
+# cores, a teacher step ~0.8 s (64 channels), ~1.1 s (128), ~2.2 s (256).
 set -euo pipefail
-OUT=${1:?usage: benchmarks/demo_student_levers.sh OUT_DIR [STEPS...]}; shift
-STEPS=("$@"); [ $# -eq 0 ] && STEPS=(250 500 850)
+OUT=${1:?usage: benchmarks/demo_student_levers.sh OUT_DIR [STEPS...] | --teacher CONV STEPS [LR]}
+shift
 PY=${PY:-python}
 mkdir -p "$OUT"
 corpus() {  # name, td_pool size, languages...
@@ -36,11 +40,17 @@ with open(dst, "w", encoding="utf-8") as out:
   [ -d "$dir/tiny/student_init" ] || $PY -m stages.tiny_models --manifests "$dir/data/train.jsonl" "$dir/data/td_pool.jsonl" \
       --output-dir "$dir/tiny" --spec '{"vocab_size": 1536, "chunk_seconds": 4}' 2> /dev/null
 }
-student() {  # name, steps
-  local dir=$OUT/$1 run=$OUT/$1/student_$2
-  [ -f "$run/model/config.json" ] || $PY -m stages.sft --model "$dir/tiny/student_init" \
+teacher_tiny() {  # name, conv channels: the tiny models again, with that teacher front end
+  local dir=$OUT/$1
+  local spec="{\"vocab_size\": 1536, \"chunk_seconds\": 4, \"teacher\": {\"audio_conv_channels\": $2}}"
+  [ -d "$dir/tiny_conv$2/teacher_init" ] || $PY -m stages.tiny_models --manifests "$dir/data/train.jsonl" \
+      "$dir/data/td_pool.jsonl" --output-dir "$dir/tiny_conv$2" --spec "$spec" 2> /dev/null
+}
+train() {  # name, steps, initial model (under OUT/name), run label, lr
+  local dir=$OUT/$1 run=$OUT/$1/$4_$2
+  [ -f "$run/model/config.json" ] || $PY -m stages.sft --model "$dir/$3" \
       --train "$dir/data/train.jsonl" --output-dir "$run/train" --export-dir "$run/model" \
-      --max-steps "$2" --batch-size 16 --lr 0.001 --warmup-steps 20 --schedule cosine \
+      --max-steps "$2" --batch-size 16 --lr "$5" --warmup-steps 20 --schedule cosine \
       --min-lr-ratio 0.1 --weight-decay 0.005 --save-every "$2" --seed 0 --device cpu \
       --threads 2 > "$run.log" 2>&1
   for lang in zh en; do
@@ -51,14 +61,21 @@ student() {  # name, steps
     $PY -c 'import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 rate = json.load(open(sys.argv[2]))["rate"]
-print(f"{sys.argv[3]:4} steps {sys.argv[4]:>4} dev {sys.argv[5]}: {100 * rate:6.2f} %, "
+print(f"{sys.argv[3]:4} {sys.argv[6]} steps {sys.argv[4]:>4} dev {sys.argv[5]}: {100 * rate:6.2f} %, "
       f"{len({r['"'"'pred_norm'"'"'] for r in rows})} distinct transcripts of {len(rows)}", flush=True)' \
-        "$run/dev_$lang.jsonl" "$run/dev_$lang.summary.json" "$1" "$2" "$lang"
+        "$run/dev_$lang.jsonl" "$run/dev_$lang.summary.json" "$1" "$2" "$lang" "$4"
   done
 }
 # Two languages at 50 % each leave too few distinct en sentences for a 300-clip td_pool.
-corpus six 300 zh en de fr ko ja
 corpus two 280 zh en
+if [ "${1:-}" = --teacher ]; then
+  conv=${2:?--teacher CONV STEPS [LR]} steps=${3:?--teacher CONV STEPS [LR]} lr=${4:-0.001}
+  teacher_tiny two "$conv"
+  train two "$steps" "tiny_conv$conv/teacher_init" "teacher_conv${conv}_lr$lr" "$lr"
+  exit
+fi
+corpus six 300 zh en de fr ko ja
+STEPS=("$@"); [ $# -eq 0 ] && STEPS=(250 500 850)
 for steps in "${STEPS[@]}"; do
-  for name in six two; do student $name "$steps"; done
+  for name in six two; do train $name "$steps" tiny/student_init student 0.001; done
 done
