@@ -249,7 +249,7 @@ def test_tiny_spec_schema_matches_the_library():
 
 # Keys the workflow itself acts on (workflow/rules/common.smk: WORKFLOW_KEYS).
 WORKFLOW_KEYS = {"gpus", "nodes", "launcher", "threads", "workers", "recipes", "shards",
-                 "student_td_adapted"}
+                 "student_td_adapted", "split"}
 
 
 def merged(base, *overrides):
@@ -346,6 +346,7 @@ def check_job(job, config):
     elif rule != "td_merge":
         raise AssertionError(f"rule {rule} has no contract check; add one here")
     if rule in ("calibrate", "train_opd"):
+        assert Path(args.train).name == f"{config['opd']['split']}.jsonl"
         models = config["models"]
         assert args.trust_remote_code == models["trust_remote_code"]
         assert (args.student_family, args.teacher_family) == (models["student_family"],
@@ -399,7 +400,7 @@ def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
                          {"zh": 10.0, "default": 20.0}},
         "calibrate": {"min_vuss": 12.5},
         "td_adapt": {"gpus": 2},
-        "opd": {"gpus": 2, "step": {"sample": True, "sample_temperature": 0.7,
+        "opd": {"gpus": 2, "split": "td_pool", "step": {"sample": True, "sample_temperature": 0.7,
                                     "keep_stop_token": False}},
         "export": {"tolerance": 0.001, "dtype": "bfloat16"},
     }

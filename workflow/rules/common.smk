@@ -24,6 +24,7 @@ WORKFLOW_KEYS = frozenset(
         "recipes",
         "shards",
         "student_td_adapted",
+        "split",
     }
 )
 PRESETS = list(config["presets"])
@@ -150,6 +151,11 @@ def prepare_options(wildcards):
 
 def validated(name):
     return f"{OUT}/data/{name}.jsonl"
+
+
+def opd_audio():
+    """The validated manifest OPD rolls out on and its calibration previews (`opd.split`)."""
+    return validated(config["opd"]["split"])
 
 
 def seeded(name, seed):

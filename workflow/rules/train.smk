@@ -34,7 +34,7 @@ rule calibrate:
                 teacher=teacher_model(),
             )
         ),
-        train=validated("train"),
+        train=opd_audio(),
     output:
         CALIBRATION,
     log:
@@ -70,7 +70,7 @@ rule train_opd:
                 teacher=teacher_model(),
             )
         ),
-        train=validated("train"),
+        train=opd_audio(),
         calibration=CALIBRATION,
     output:
         summary=f"{OUT}/train/{OPD_RUN}/train_summary.json",
