@@ -52,7 +52,7 @@ train() {  # name, steps, initial model (under OUT/name), run label, lr
       --train "$dir/data/train.jsonl" --output-dir "$run/train" --export-dir "$run/model" \
       --max-steps "$2" --batch-size 16 --lr "$5" --warmup-steps 20 --schedule cosine \
       --min-lr-ratio 0.1 --weight-decay 0.005 --save-every "$2" --seed 0 --device cpu \
-      --threads 2 > "$run.log" 2>&1
+      --threads 2 > "$run.log" 2>&1 || { echo "training failed: see $run.log" >&2; exit 1; }
   for lang in zh en; do
     local metric=wer; [ $lang = zh ] && metric=cer
     $PY -m stages.evaluate --model "$run/model" --input "$dir/data/dev_$lang.jsonl" \
