@@ -27,17 +27,16 @@ if [ ! -f "$W/data/train.jsonl" ]; then
   $PY - "$W/data" $((2 * GLOBAL)) <<'EOF'
 import json, sys
 from pathlib import Path
-import numpy as np
 import soundfile as sf
+from benchmarks.bench_opd_step import synthetic_batch
 out, count = Path(sys.argv[1]), int(sys.argv[2])
 (out / "wavs").mkdir(parents=True, exist_ok=True)
-rng = np.random.default_rng(0)
+batch = synthetic_batch(count, 10.0)  # the step benchmark's clips: noise, zh and en in turn
 with open(out / "pool.jsonl", "w") as manifest:
-    for i in range(count):
-        sf.write(out / "wavs" / f"c{i:05d}.wav", 0.05 * rng.standard_normal(160_000), 16_000,
-                 subtype="PCM_16")
-        manifest.write(json.dumps({"audio": f"wavs/c{i:05d}.wav", "id": f"c{i:05d}",
-                                   "language": "zh" if i % 2 == 0 else "en"}) + "\n")
+    for utt, audio in zip(batch.utterances, batch.audios, strict=True):
+        sf.write(out / "wavs" / f"{utt.id}.wav", audio, 16_000, subtype="PCM_16")
+        manifest.write(json.dumps({"audio": f"wavs/{utt.id}.wav", "id": utt.id,
+                                   "language": utt.language}) + "\n")
 EOF
   $PY -m stages.validate --input "$W/data/pool.jsonl" --output "$W/data/train.jsonl" \
       --report "$W/data/train.report.json" --no-require-text --on-error fail
