@@ -1,7 +1,8 @@
 """Synthesize the embedded demo speech corpus with espeak-ng (no download needed).
 
-Renders multilingual sentences from small per-language grammars with espeak-ng voices, applies
-each split's degradations, and writes 16 kHz mono 16-bit wavs plus manifests:
+Renders multilingual sentences from small per-language grammars (or, with --grammar large, a
+large zh and en one) with espeak-ng voices, applies each split's degradations, and writes
+16 kHz mono 16-bit wavs plus manifests:
 
   train     multilingual mix (zh and en 40 % each, the rest shared by de fr ko ja), mild noise /
             reverberation / speed augmentation on about half of the clips
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(CorpusSettings, args)
     corpus = build_corpus(args.output_dir, settings.sizes, settings.seed,
                           settings.train_languages, workers=settings.workers,
-                          progress=settings.progress)
+                          progress=settings.progress, grammar=settings.grammar)
     for split, summary in corpus["splits"].items():
         languages = ", ".join(f"{lang} {block['clips']}"
                               for lang, block in summary["languages"].items())

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from stages.demo.sentences import (
+    GRAMMARS,
     LANGUAGES,
     MAX_WORDS,
     MIN_WORDS,
@@ -16,6 +17,7 @@ from stages.demo.sentences import (
     partition_of,
     sample_sentences,
     vocabulary,
+    word_bounds,
 )
 
 # Whole-sentence patterns per language: script, separators and final punctuation.
@@ -94,3 +96,57 @@ def test_asking_for_too_many_distinct_sentences_fails_clearly():
         generate_sentence("xx", np.random.default_rng(0))
     with pytest.raises(ValueError, match="needs the language"):
         partition_of("the cat slept.")
+
+
+# --- the large grammar (zh and en, for GPU-sized models) -----------------------------------
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_large_grammar_scripts_lengths_and_vocabulary(language):
+    vocab = vocabulary(language, "large")
+    assert len(vocab) > 3 * len(vocabulary(language))  # a few hundred words, not ~25
+    fewest, most = word_bounds("large")
+    rng = np.random.default_rng(0)
+    used, lengths = set(), set()
+    for _ in range(20000):
+        sentence = generate_sentence(language, rng, "large")
+        assert SCRIPTS[language].fullmatch(sentence.text), sentence.text
+        assert fewest <= len(sentence.words) <= most
+        assert set(sentence.words) <= vocab, sentence.words
+        used.update(sentence.words)
+        lengths.add(len(sentence.words))
+    assert used == vocab, f"never produced: {sorted(vocab - used)}"
+    assert min(lengths) == 3 and max(lengths) >= 8
+
+
+@pytest.mark.parametrize("language", ["zh", "en"])
+def test_large_grammar_has_far_more_sentences_than_the_small_one(language):
+    rng = np.random.default_rng(1)
+    large = {generate_sentence(language, rng, "large").text for _ in range(20000)}
+    small = {generate_sentence(language, rng).text for _ in range(20000)}
+    assert len(small) < 2000
+    # Almost every draw is new: the grammar holds far more than 20,000 sentences.
+    assert len(large) > 15000
+    # Its train partition alone supplies the study's 10,000 training sentences per language.
+    assert len(sample_sentences(language, 10000, rng, "train", grammar="large")) == 10000
+
+
+def test_large_grammar_articles_and_aspect():
+    rng = np.random.default_rng(2)
+    en = [generate_sentence("en", rng, "large").words for _ in range(5000)]
+    for words in en:
+        for article, following in zip(words, words[1:], strict=False):
+            if article in ("a", "an"):
+                assert (article == "an") == (following[0] in "aeiou"), words
+    zh = [generate_sentence("zh", rng, "large").words for _ in range(5000)]
+    assert any("了" in words for words in zh)
+    for words in zh:  # 了 (finished action) never follows a modal or joins a future time
+        if "了" in words:
+            assert not {"想", "要", "会", "不", "明天", "晚上", "周末", "现在"} & set(words), words
+
+
+def test_large_grammar_refuses_other_languages_and_unknown_grammars():
+    with pytest.raises(ValueError, match="unsupported language 'de' for the large grammar"):
+        generate_sentence("de", np.random.default_rng(0), "large")
+    with pytest.raises(ValueError, match="unknown grammar 'huge'"):
+        generate_sentence("en", np.random.default_rng(0), "huge")
+    assert GRAMMARS == ("small", "large")

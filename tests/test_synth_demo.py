@@ -211,3 +211,22 @@ def test_help_documents_outputs_and_example():
     text = build_parser().format_help()
     for needle in ("manifests/<split>.jsonl", "corpus.json", "--sizes", "Example"):
         assert needle in text
+
+
+def test_large_grammar_corpus_records_it_and_refuses_other_languages(tmp_path, capsys):
+    plans = plan_split("train", 200, 7, train_languages=["zh", "en"], grammar="large")
+    words = [len(p.text.split()) for p in plans if p.language == "en"]
+    assert max(words) > 5  # beyond the small grammar's five words
+    assert not {p.text for p in plans} & {
+        p.text for p in plan_split("clean", 100, 7, grammar="large")}
+    status = _run(["--output-dir", str(tmp_path / "ok"), "--grammar", "large", "--sizes",
+                   "train=4", "td_pool=0", "aishell=0", "meeting=0", "net=0", "clean=2",
+                   "other=0", "--train-languages", "zh", "en", "--no-progress"])
+    assert status == 0
+    corpus = json.loads((tmp_path / "ok" / "corpus.json").read_text("utf-8"))
+    assert corpus["grammar"] == "large" and corpus["total"]["clips"] == 6
+    status = _run(["--output-dir", str(tmp_path / "bad"), "--grammar", "large",
+                   "--sizes", "train=4", "--no-progress"])
+    assert status == 1
+    assert "the large grammar has only ['en', 'zh']" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "manifests").exists()

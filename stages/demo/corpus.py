@@ -34,7 +34,15 @@ from stages.common.settings import setting
 from stages.data.audio import TARGET_SAMPLE_RATE, resample, write_wav
 from stages.demo import degrade
 from stages.demo.espeak import Espeak, voice_name
-from stages.demo.sentences import LANGUAGES, Language, generate_sentence, sample_sentences
+from stages.demo.grammar_large import BUILDERS as LARGE_GRAMMAR_LANGUAGES
+from stages.demo.sentences import (
+    GRAMMARS,
+    LANGUAGES,
+    Grammar,
+    Language,
+    generate_sentence,
+    sample_sentences,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,10 @@ class CorpusSettings:
         help="clips per split; unnamed splits keep their default, 0 skips a split")
     train_languages: tuple[Language, ...] = setting(LANGUAGES, metavar="LANG",
                                                     help="languages of train and td_pool")
+    grammar: Grammar = setting(
+        "small", help="sentence grammar: small (~1,200 zh and en sentences of 2-5 words, for "
+        "tiny CPU models) or large (zh and en only, millions of sentences of 3-12 words, for "
+        "GPU-sized models)")
     workers: int = setting(1, volatile=True, help="synthesis processes")
     progress: bool = setting(True, volatile=True, help="progress bar on stderr")
 
@@ -232,15 +244,17 @@ def split_languages(split: str, size: int, train_languages: Sequence[str]) -> di
     return {language: size}
 
 
-def plan_split(split: str, size: int, seed: int, train_languages: Sequence[str] = LANGUAGES
-               ) -> list[ClipPlan]:
-    """The clips of ``split``: distinct sentences from its partition, languages interleaved."""
+def plan_split(split: str, size: int, seed: int, train_languages: Sequence[str] = LANGUAGES,
+               grammar: str = "small") -> list[ClipPlan]:
+    """The clips of ``split``: distinct sentences of ``grammar`` from its partition, languages
+    interleaved."""
     if split not in RECIPES:
         raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     rng = _split_rng(seed, split)
     counts = split_languages(split, size, train_languages)
     partition = RECIPES[split].partition
-    sentences = {lang: sample_sentences(lang, n, rng, partition) for lang, n in counts.items()}
+    sentences = {lang: sample_sentences(lang, n, rng, partition, grammar=grammar)
+                 for lang, n in counts.items()}
     order = [lang for lang, n in counts.items() for _ in range(n)]
     order = [order[i] for i in rng.permutation(len(order))]
     cursor = dict.fromkeys(counts, 0)
@@ -344,7 +358,7 @@ def _remove_split(output_dir: Path, split: str) -> None:
 
 def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
                  train_languages: Sequence[str] = LANGUAGES, workers: int = 1,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, grammar: str = "small") -> dict:
     """Plan, render and write the demo corpus; returns the ``corpus.json`` document.
 
     Layout: ``wavs/<split>/<id>.wav`` (16 kHz mono PCM-16), ``manifests/<split>.jsonl``,
@@ -359,13 +373,20 @@ def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
         raise UserError(f"unknown split name(s) {unknown}; expected some of {list(SPLITS)}")
     if workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
+    if grammar not in GRAMMARS:
+        raise UserError(f"unknown grammar {grammar!r}; expected one of {list(GRAMMARS)}")
+    if grammar == "large":
+        outside = sorted(set(train_languages) - set(LARGE_GRAMMAR_LANGUAGES))
+        if outside:
+            raise UserError(f"the large grammar has only {list(LARGE_GRAMMAR_LANGUAGES)}; "
+                            f"--train-languages also names {outside}")
     started = time.perf_counter()
     plans: dict[str, list[ClipPlan]] = {}
     for split in SPLITS:
         if sizes.get(split, 0) <= 0:
             continue
         try:
-            plans[split] = plan_split(split, sizes[split], seed, train_languages)
+            plans[split] = plan_split(split, sizes[split], seed, train_languages, grammar)
         except ValueError as err:
             raise UserError(f"cannot plan split {split} with {sizes[split]} clips: {err}. "
                             f"Ask for fewer clips (--sizes {split}=N).") from err
@@ -412,7 +433,8 @@ def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
                                  **_seconds_summary(split_plans, frames),
                                  "recipe": asdict(RECIPES[split])}
 
-    settings = {"seed": seed, "sizes": {split: len(p) for split, p in plans.items()},
+    settings = {"seed": seed, "grammar": grammar,
+                "sizes": {split: len(p) for split, p in plans.items()},
                 "train_languages": list(train_languages), "sample_rate": TARGET_SAMPLE_RATE}
     all_plans = [plan for split_plans in plans.values() for plan in split_plans]
     corpus = {

@@ -8,6 +8,9 @@ languages) and a few hundred for the others. Every sentence falls into one fixed
 (train, td_pool or eval) by a hash of its text, which keeps evaluation sentences
 disjoint from training sentences whatever the split sizes or seed.
 
+A second, *large* grammar for zh and en (``grammar="large"``, ``stages.demo.grammar_large``)
+has millions of sentences of 3-12 words, for models trained on a GPU.
+
 Conventions: en/de/fr/ko separate words with spaces and end with "." or "?"; zh (Chinese
 characters) and ja (kana only) are written without spaces and end with "。" or "？". Text is
 lower case except German nouns. Randomness comes only from the ``numpy.random.Generator`` passed
@@ -17,15 +20,20 @@ in, never from global state.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
 
+from stages.demo import grammar_large
+from stages.demo.draw import maybe, pick
+
 Language = Literal["zh", "en", "de", "fr", "ko", "ja"]
 LANGUAGES: tuple[str, ...] = get_args(Language)
 MIN_WORDS, MAX_WORDS = 2, 5
+Grammar = Literal["small", "large"]
+GRAMMARS: tuple[str, ...] = get_args(Grammar)
 
 # Sentence-space partitions, by hash bucket out of 100: sizes 70 / 15 / 15.
 PARTITIONS = {"train": range(0, 70), "td_pool": range(70, 85), "eval": range(85, 100)}
@@ -47,14 +55,6 @@ class Sentence:
         return joiner.join(self.words) + self.end
 
 
-def _pick(rng: np.random.Generator, items: Sequence):
-    return items[int(rng.integers(len(items)))]
-
-
-def _maybe(rng: np.random.Generator, probability: float) -> bool:
-    return bool(rng.random() < probability)
-
-
 # --- English: past tense, so subjects and verbs never need agreement -------------------------
 _EN = {
     "det": ("the", "a", "my"),
@@ -71,18 +71,18 @@ def _english(rng: np.random.Generator) -> tuple[list[str], str]:
     # Every adjective and noun starts with a consonant, so "a" never needs to become "an".
     kind = rng.random()
     if kind < 0.08:
-        return ["where", "was", _pick(rng, _EN["det"]),
-                _pick(rng, _EN["thing"] + _EN["animate"])], "?"
-    subject = [_pick(rng, _EN["det"]), _pick(rng, _EN["animate"])]
+        return ["where", "was", pick(rng, _EN["det"]),
+                pick(rng, _EN["thing"] + _EN["animate"])], "?"
+    subject = [pick(rng, _EN["det"]), pick(rng, _EN["animate"])]
     if kind < 0.25:
-        return [*subject, "was", _pick(rng, _EN["adj"])], "."
+        return [*subject, "was", pick(rng, _EN["adj"])], "."
     if kind < 0.5:
-        if _maybe(rng, 0.5):
-            subject.insert(1, _pick(rng, _EN["adj"]))
-        adverb = [_pick(rng, _EN["adverb"])] if _maybe(rng, 0.5) else []
-        return [*subject, _pick(rng, _EN["intransitive"]), *adverb], "."
-    return [*subject, _pick(rng, _EN["transitive"]), _pick(rng, _EN["det"]),
-            _pick(rng, _EN["thing"])], "."
+        if maybe(rng, 0.5):
+            subject.insert(1, pick(rng, _EN["adj"]))
+        adverb = [pick(rng, _EN["adverb"])] if maybe(rng, 0.5) else []
+        return [*subject, pick(rng, _EN["intransitive"]), *adverb], "."
+    return [*subject, pick(rng, _EN["transitive"]), pick(rng, _EN["det"]),
+            pick(rng, _EN["thing"])], "."
 
 
 # --- German: present tense, third person singular, noun phrases with their articles --------
@@ -97,18 +97,18 @@ _DE = {
 
 
 def _german(rng: np.random.Generator) -> tuple[list[str], str]:
-    subject = _pick(rng, _DE["subject"]).split()
+    subject = pick(rng, _DE["subject"]).split()
     kind = rng.random()
-    adverb = [_pick(rng, _DE["adverb"])] if _maybe(rng, 0.4) else []
+    adverb = [pick(rng, _DE["adverb"])] if maybe(rng, 0.4) else []
     if kind < 0.08:
-        return ["ist", *subject, _pick(rng, _DE["adjective"])], "?"
+        return ["ist", *subject, pick(rng, _DE["adjective"])], "?"
     if kind < 0.25:
-        return [*subject, "ist", *adverb, _pick(rng, _DE["adjective"])], "."
+        return [*subject, "ist", *adverb, pick(rng, _DE["adjective"])], "."
     if kind < 0.45:
-        return [*subject, _pick(rng, _DE["intransitive"]), *adverb], "."
+        return [*subject, pick(rng, _DE["intransitive"]), *adverb], "."
     adverb = adverb if len(subject) == 1 else []  # at most five words
-    return [*subject, _pick(rng, _DE["transitive"]), *adverb,
-            *_pick(rng, _DE["object"]).split()], "."
+    return [*subject, pick(rng, _DE["transitive"]), *adverb,
+            *pick(rng, _DE["object"]).split()], "."
 
 
 # --- French: present tense, adjectives agree with the subject's gender -----------------------
@@ -124,19 +124,19 @@ _FR = {
 
 
 def _french(rng: np.random.Generator) -> tuple[list[str], str]:
-    subject_text, gender = _pick(rng, _FR["subject"])
+    subject_text, gender = pick(rng, _FR["subject"])
     subject = subject_text.split()
     kind = rng.random()
-    time = [_pick(rng, _FR["time"])] if _maybe(rng, 0.35) else []
+    time = [pick(rng, _FR["time"])] if maybe(rng, 0.35) else []
     if kind < 0.08:
-        return ["est-ce", "que", *subject, _pick(rng, _FR["intransitive"])], "?"
+        return ["est-ce", "que", *subject, pick(rng, _FR["intransitive"])], "?"
     if kind < 0.25:
-        adjective = _pick(rng, _FR["adjective"])[0 if gender == "m" else 1]
+        adjective = pick(rng, _FR["adjective"])[0 if gender == "m" else 1]
         return [*subject, "est", adjective, *time], "."
     if kind < 0.45:
-        return [*subject, _pick(rng, _FR["intransitive"]), *time], "."
+        return [*subject, pick(rng, _FR["intransitive"]), *time], "."
     time = time if len(subject) == 1 else []  # at most five words
-    return [*subject, _pick(rng, _FR["transitive"]), *_pick(rng, _FR["object"]).split(),
+    return [*subject, pick(rng, _FR["transitive"]), *pick(rng, _FR["object"]).split(),
             *time], "."
 
 
@@ -156,16 +156,16 @@ _ZH = {
 
 
 def _mandarin(rng: np.random.Generator) -> tuple[list[str], str]:
-    subject = [_pick(rng, _ZH["subject"])]
-    time = [_pick(rng, _ZH["time"])] if _maybe(rng, 0.4) else []
-    head = [*time, *subject] if _maybe(rng, 0.5) else [*subject, *time]
+    subject = [pick(rng, _ZH["subject"])]
+    time = [pick(rng, _ZH["time"])] if maybe(rng, 0.4) else []
+    head = [*time, *subject] if maybe(rng, 0.5) else [*subject, *time]
     if rng.random() < 0.2:
-        return [*head, "很", _pick(rng, _ZH["adjective"])], "。"
-    verb = _pick(rng, tuple(_ZH["verb_objects"]))
+        return [*head, "很", pick(rng, _ZH["adjective"])], "。"
+    verb = pick(rng, tuple(_ZH["verb_objects"]))
     # 了 marks a finished action: never with 明天/今天 or with 喜欢.
-    aspect = ["了"] if verb != "喜欢" and time in ([], ["昨天"]) and _maybe(rng, 0.4) else []
-    words = [*head, verb, *aspect, _pick(rng, _ZH["verb_objects"][verb])]
-    if not aspect and _maybe(rng, 0.1):
+    aspect = ["了"] if verb != "喜欢" and time in ([], ["昨天"]) and maybe(rng, 0.4) else []
+    words = [*head, verb, *aspect, pick(rng, _ZH["verb_objects"][verb])]
+    if not aspect and maybe(rng, 0.1):
         return [*words, "吗"], "？"
     return words, "。"
 
@@ -185,18 +185,18 @@ _JA = {
 
 
 def _japanese(rng: np.random.Generator) -> tuple[list[str], str]:
-    subject = [_pick(rng, _JA["subject"])]
-    time = [_pick(rng, _JA["time"])] if _maybe(rng, 0.45) else []
+    subject = [pick(rng, _JA["subject"])]
+    time = [pick(rng, _JA["time"])] if maybe(rng, 0.45) else []
     past = int(time == ["きのう"])
     kind = rng.random()
     if kind < 0.2:
-        return [*subject, *(["とても"] if _maybe(rng, 0.4) else []),
-                _pick(rng, _JA["adjective"])], "。"
+        return [*subject, *(["とても"] if maybe(rng, 0.4) else []),
+                pick(rng, _JA["adjective"])], "。"
     if kind < 0.45:
-        return [*subject, *time, _pick(rng, _JA["place"]) + "へ", _JA["motion"][past]], "。"
-    place = [_pick(rng, _JA["place"]) + "で"] if _maybe(rng, 0.3) else []
-    present, past_form, objects = _JA["verb_objects"][_pick(rng, tuple(_JA["verb_objects"]))]
-    return [*subject, *time, *place, _pick(rng, objects), (present, past_form)[past]], "。"
+        return [*subject, *time, pick(rng, _JA["place"]) + "へ", _JA["motion"][past]], "。"
+    place = [pick(rng, _JA["place"]) + "で"] if maybe(rng, 0.3) else []
+    present, past_form, objects = _JA["verb_objects"][pick(rng, tuple(_JA["verb_objects"]))]
+    return [*subject, *time, *place, pick(rng, objects), (present, past_form)[past]], "。"
 
 
 # --- Korean: Hangul words (noun + particle), tense follows the time word --------------------
@@ -214,19 +214,19 @@ _KO = {
 
 
 def _korean(rng: np.random.Generator) -> tuple[list[str], str]:
-    subject = [_pick(rng, _KO["subject"])]
-    time = [_pick(rng, _KO["time"])] if _maybe(rng, 0.45) else []
+    subject = [pick(rng, _KO["subject"])]
+    time = [pick(rng, _KO["time"])] if maybe(rng, 0.45) else []
     past = int(time == ["어제"])
-    end = "?" if _maybe(rng, 0.1) else "."
+    end = "?" if maybe(rng, 0.1) else "."
     kind = rng.random()
     if kind < 0.2:
-        degree = ["아주"] if _maybe(rng, 0.4) else []
-        return [*subject, *degree, _pick(rng, _KO["adjective"])], end
+        degree = ["아주"] if maybe(rng, 0.4) else []
+        return [*subject, *degree, pick(rng, _KO["adjective"])], end
     if kind < 0.45:
-        return [*subject, *time, _pick(rng, _KO["place"]) + "에", _KO["motion"][past]], end
-    place = [_pick(rng, _KO["place"]) + "에서"] if _maybe(rng, 0.3) else []
-    present, past_form, objects = _KO["verbs"][_pick(rng, tuple(_KO["verbs"]))]
-    return [*subject, *time, *place, _pick(rng, objects), (present, past_form)[past]], end
+        return [*subject, *time, pick(rng, _KO["place"]) + "에", _KO["motion"][past]], end
+    place = [pick(rng, _KO["place"]) + "에서"] if maybe(rng, 0.3) else []
+    present, past_form, objects = _KO["verbs"][pick(rng, tuple(_KO["verbs"]))]
+    return [*subject, *time, *place, pick(rng, objects), (present, past_form)[past]], end
 
 
 _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[list[str], str]]] = {
@@ -235,17 +235,31 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[list[str], str]]] = {
 }
 
 
-def _check_language(language: str) -> None:
-    if language not in _BUILDERS:
-        raise ValueError(f"unsupported language {language!r}; expected one of {list(LANGUAGES)}")
+def _check_language(language: str, grammar: str = "small") -> None:
+    if grammar not in GRAMMARS:
+        raise ValueError(f"unknown grammar {grammar!r}; expected one of {list(GRAMMARS)}")
+    builders = _BUILDERS if grammar == "small" else grammar_large.BUILDERS
+    if language not in builders:
+        raise ValueError(f"unsupported language {language!r} for the {grammar} grammar; "
+                         f"expected one of {list(builders)}")
 
 
-def generate_sentence(language: str, rng: np.random.Generator) -> Sentence:
-    """One random sentence of MIN_WORDS-MAX_WORDS words in ``language``, drawn with ``rng``."""
-    _check_language(language)
+def word_bounds(grammar: str = "small") -> tuple[int, int]:
+    """The fewest and most words a sentence of ``grammar`` has."""
+    if grammar == "large":
+        return grammar_large.MIN_WORDS, grammar_large.MAX_WORDS
+    return MIN_WORDS, MAX_WORDS
+
+
+def generate_sentence(language: str, rng: np.random.Generator, grammar: str = "small"
+                      ) -> Sentence:
+    """One random sentence in ``language`` from ``grammar``, drawn with ``rng``."""
+    _check_language(language, grammar)
+    build = (_BUILDERS if grammar == "small" else grammar_large.BUILDERS)[language]
+    fewest, most = word_bounds(grammar)
     while True:  # redraw the rare combinations outside the length bounds
-        words, end = _BUILDERS[language](rng)
-        if MIN_WORDS <= len(words) <= MAX_WORDS:
+        words, end = build(rng)
+        if fewest <= len(words) <= most:
             return Sentence(language, tuple(words), end)
 
 
@@ -263,8 +277,8 @@ def partition_of(sentence: Sentence | str, language: str | None = None) -> str:
 
 
 def sample_sentences(language: str, count: int, rng: np.random.Generator,
-                     partition: str | None = None, max_draws_per_sentence: int = 200
-                     ) -> list[Sentence]:
+                     partition: str | None = None, max_draws_per_sentence: int = 200,
+                     grammar: str = "small") -> list[Sentence]:
     """``count`` distinct sentences, all from ``partition`` when given.
 
     Raises ValueError when the grammar cannot supply that many distinct sentences.
@@ -279,7 +293,7 @@ def sample_sentences(language: str, count: int, rng: np.random.Generator,
             raise ValueError(f"only {len(chosen)} distinct {language} sentences found in "
                              f"partition {partition!r} after {draws - 1} draws; ask for fewer "
                              f"than {count}")
-        sentence = generate_sentence(language, rng)
+        sentence = generate_sentence(language, rng, grammar)
         if sentence.text in chosen:
             continue
         if partition is not None and partition_of(sentence) != partition:
@@ -311,10 +325,15 @@ _TABLES = {"en": _EN, "de": _DE, "fr": _FR, "zh": _ZH, "ja": _JA, "ko": _KO}
 _NON_WORDS = {"m", "f", "drink", "eat"}  # table labels
 
 
-def vocabulary(language: str) -> frozenset[str]:
-    """Every word the grammar can produce (space-separated units; table entries for zh/ja)."""
-    _check_language(language)
-    words: set[str] = set(_EXTRA_WORDS[language])
+def vocabulary(language: str, grammar: str = "small") -> frozenset[str]:
+    """Every word ``grammar`` can produce (space-separated units; table entries for zh/ja)."""
+    _check_language(language, grammar)
+    if grammar == "large":
+        words = set(grammar_large.EXTRA_WORDS[language])
+        for entry in _strings(grammar_large.TABLES[language].values()):
+            words.update(entry.split())
+        return frozenset(words)
+    words = set(_EXTRA_WORDS[language])
     for key, value in _TABLES[language].items():
         for entry in _strings([value]):
             if entry in _NON_WORDS:
