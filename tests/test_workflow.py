@@ -606,3 +606,37 @@ def test_a_changed_option_or_stage_code_reruns_the_job_and_nothing_else_does(ven
     assert "Nothing to be done" in plan()
     imported.write_text(imported.read_text() + "\n# an edit\n")
     assert "Params have changed since last execution" in plan()
+
+
+def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, tmp_path):
+    """config/recipes/gpu_study.yaml (README "The GPU study"): the demo DAG with the large
+    grammar, GPU-sized tiny models and three training seeds, every job on a GPU when there is
+    one; the CPU-only demo values it replaces (export on cpu) do not leak in."""
+    recipe = yaml.safe_load((ROOT / "config" / "recipes" / "gpu_study.yaml").read_text())
+    recipe["output_dir"] = str(tmp_path / "results")
+    jobs = planned_jobs(venv_env, write_yaml(tmp_path / "study.yaml", recipe))
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.rule] = counts.get(job.rule, 0) + 1
+    assert counts == {
+        "synth_demo": 1, "validate": 7, "tiny_models": 1, "bootstrap": 2,
+        "teacher_data": 4, "td_merge": 1, "td_adapt": 3,
+        "calibrate": 6, "train_opd": 6, "export": 6,  # 2 recipes x 3 seeds
+        "evaluate": 40,  # (base, teacher, 2 recipes x 3 seeds) x 5 presets
+        "report": 1, "all": 1,
+    }
+    calls = {}
+    for job in jobs:
+        if job.rule != "all":
+            calls.setdefault(job.rule, []).append(stage_call(job.command)[1])
+    synth = calls["synth_demo"][0]
+    assert synth.grammar == "large" and tuple(synth.train_languages) == ("zh", "en")
+    assert {"train=20000", "td_pool=4000", "aishell=200"} <= set(synth.sizes)
+    spec = json.loads(calls["tiny_models"][0].spec)
+    assert spec["teacher"]["hidden_size"] == 384 and spec["student"]["hidden_size"] == 256
+    steps = sorted(args.max_steps for args in calls["bootstrap"])
+    assert steps == [350, 1200]
+    assert sorted(args.seed for args in calls["train_opd"]) == [0, 0, 1, 1, 2, 2]
+    for rule in ("bootstrap", "teacher_data", "td_adapt", "calibrate", "train_opd", "export",
+                 "evaluate"):
+        assert {args.device for args in calls[rule]} == {"auto"}, rule

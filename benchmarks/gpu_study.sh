@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The GPU study (README "The GPU study"): the whole DAG of config/recipes/gpu_study.yaml on one
+# GPU, then every model it made scored on a development split, never the presets: new
+# renderings (corpus seed 4321) of sentences from the td_pool's partition of the large grammar,
+# which no model trained on (OPD rolls out on the pool's own clips, whose sentences mostly
+# differ). Copies what a reader needs (report, per-utterance results, metrics, logs, job
+# benchmarks, no audio or weights) to $RESULTS.
+#
+#   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
+#
+# EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir). GPU_JOBS (default
+# 8) single-GPU jobs share the GPU; DAG_LIMIT (s, default: none) stops the DAG
+# early so the copy still happens within a time limit: run the script again to continue it
+# (finished jobs stay, interrupted training resumes from its checkpoints).
+set -uo pipefail
+RESULTS=${RESULTS:-results/gpu_study_out}
+PY=${PY:-python3}
+GPU_JOBS=${GPU_JOBS:-8}
+STUDY=${STUDY:-results/gpu_study}  # the recipe's output_dir
+DEV=${DEV:-results/gpu_study_dev}
+mkdir -p "$RESULTS"
+$PY -c 'import torch, transformers, snakemake
+print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake",
+      snakemake.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
+  | tee -a "$RESULTS/summary.txt"
+
+if [ ! -f "$DEV/data/dev_en.jsonl" ]; then  # the development split, once
+  $PY -m stages.synth_demo --output-dir "$DEV/corpus" --seed 4321 --grammar large \
+    --train-languages zh en --workers 4 --no-progress \
+    --sizes train=0 td_pool=600 aishell=0 meeting=0 net=0 clean=0 other=0 > "$RESULTS/dev_synth.log" 2>&1
+  for lang in zh en; do
+    $PY - "$DEV/corpus/manifests/td_pool.jsonl" "$DEV/corpus/manifests/dev_$lang.jsonl" "$lang" <<'EOF'
+import json, sys
+with open(sys.argv[1]) as rows, open(sys.argv[2], "w") as out:
+    out.writelines(line for line in rows if json.loads(line)["language"] == sys.argv[3])
+EOF
+    $PY -m stages.validate --input "$DEV/corpus/manifests/dev_$lang.jsonl" \
+      --output "$DEV/data/dev_$lang.jsonl" --report "$DEV/data/dev_$lang.report.json" \
+      --min-seconds 0.2 --max-seconds 30 --require-text --workers 2 >> "$RESULTS/dev_synth.log" 2>&1
+  done
+fi
+
+start=$(date +%s)
+timeout "${DAG_LIMIT:-0}" $PY -m snakemake --workflow-profile workflow/profiles/default --scheduler greedy \
+  --resources gpu="$GPU_JOBS" --configfile config/recipes/gpu_study.yaml ${EXTRA_CONFIG:-} "$@" \
+  > "$RESULTS/snakemake.log" 2>&1
+status=$?
+echo "DAG exit $status after $(( $(date +%s) - start )) s" | tee -a "$RESULTS/summary.txt"
+grep -E "^[0-9]+ of [0-9]+ steps" "$RESULTS/snakemake.log" | tail -n 1 | tee -a "$RESULTS/summary.txt"
+
+# Every finished model on the development split, GPU_JOBS at a time.
+for model in "$STUDY"/models/*/; do
+  name=$(basename "$model")
+  [ "$name" = tiny ] || [ ! -f "$model/config.json" ] && continue
+  for lang in zh en; do
+    [ -f "$DEV/eval/$name/dev_$lang.summary.json" ] || echo "$name $lang"
+  done
+done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -P "$GPU_JOBS" -n 2 sh -c '
+  metric=$([ "$1" = zh ] && echo cer || echo wer)
+  mkdir -p "$DEV/eval/$0"
+  $PY -m stages.evaluate --model "$STUDY/models/$0" --input "$DEV/data/dev_$1.jsonl" \
+    --output "$DEV/eval/$0/dev_$1.jsonl" --summary "$DEV/eval/$0/dev_$1.summary.json" \
+    --metric $metric --normalizer $1 --batch-size 64 --max-new-tokens 48 --threads 2 \
+    > "$DEV/eval/$0/dev_$1.log" 2>&1 || echo "dev evaluation of $0 ($1) failed" >&2
+' 2>&1 | tee -a "$RESULTS/summary.txt"
+$PY - "$DEV/eval" <<'EOF' | tee -a "$RESULTS/summary.txt"
+import json, sys
+from pathlib import Path
+print(f"{'development split':32} {'zh CER %':>9} {'distinct':>9} {'en WER %':>9} {'distinct':>9}")
+for folder in sorted(Path(sys.argv[1]).iterdir()):
+    cells = []
+    for lang in ("zh", "en"):
+        summary, rows = folder / f"dev_{lang}.summary.json", folder / f"dev_{lang}.jsonl"
+        if not summary.exists():
+            cells += [f"{'-':>9}", f"{'-':>9}"]
+            continue
+        preds = [json.loads(line)["pred_text"] for line in rows.open()]
+        cells += [f"{100 * json.loads(summary.read_text())['rate']:9.2f}",
+                  f"{len(set(preds)):4d}/{len(preds):<4d}"]
+    print(f"{folder.name:32} {' '.join(cells)}")
+EOF
+
+# What a reader needs, without audio, weights or checkpoints.
+for tree in "$STUDY" "$DEV"; do
+  (cd "$tree/.." && find "$(basename "$tree")" -type f \
+    \( -path "*/report/*" -o -path "*/eval/*" -o -path "*/benchmarks/*" -o -path "*/logs/*" \
+       -o -path "*/calibrate/*" -o -path "*/td/report.*" -o -name "metrics.jsonl" \
+       -o -name "train_summary.json" -o -name "export_summary.json" -o -name "*.report.json" \
+       -o -name "tiny_models.json" -o -name "corpus.json" \) \
+    -not -path "*/checkpoints/*" -print0 | xargs -0 -r cp --parents -t "$RESULTS")
+done
+exit $status
