@@ -9,9 +9,10 @@
 #   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
 #
 # EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir). GPU_JOBS (default
-# 8) single-GPU jobs share the GPU; DAG_LIMIT (s, default: none) stops the DAG
-# early so the copy still happens within a time limit: run the script again to continue it
-# (finished jobs stay, interrupted training resumes from its checkpoints).
+# 8) single-GPU jobs share the GPU; DAG_LIMIT (s, default: none) stops the DAG early so the
+# scoring and the copy still happen within a time limit (leave them ~90 s): run the script
+# again to continue it (finished jobs stay, interrupted training resumes from its checkpoints).
+# ARCHIVE=FILE.tgz also packs $RESULTS into one file.
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu_study_out}
 PY=${PY:-python3}
@@ -89,4 +90,5 @@ for tree in "$STUDY" "$DEV"; do
        -o -name "tiny_models.json" -o -name "corpus.json" \) \
     -not -path "*/checkpoints/*" -print0 | xargs -0 -r cp --parents -t "$RESULTS")
 done
+[ -z "${ARCHIVE:-}" ] || tar czf "$ARCHIVE" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
 exit $status
