@@ -49,12 +49,13 @@ status=$?
 echo "DAG exit $status after $(( $(date +%s) - start )) s" | tee -a "$RESULTS/summary.txt"
 grep -E "^[0-9]+ of [0-9]+ steps" "$RESULTS/snakemake.log" | tail -n 1 | tee -a "$RESULTS/summary.txt"
 
-# Every finished model on the development split, GPU_JOBS at a time.
+# Every finished model on the development split, GPU_JOBS at a time (again when the model was
+# rewritten after its last score).
 for model in "$STUDY"/models/*/; do
   name=$(basename "$model")
   [ "$name" = tiny ] || [ ! -f "$model/config.json" ] && continue
   for lang in zh en; do
-    [ -f "$DEV/eval/$name/dev_$lang.summary.json" ] || echo "$name $lang"
+    [ "$DEV/eval/$name/dev_$lang.summary.json" -nt "$model/config.json" ] || echo "$name $lang"
   done
 done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -P "$GPU_JOBS" -n 2 sh -c '
   metric=$([ "$1" = zh ] && echo cer || echo wer)
