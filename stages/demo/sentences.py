@@ -233,29 +233,34 @@ _BUILDERS: dict[str, Callable[[np.random.Generator], tuple[list[str], str]]] = {
     "en": _english, "de": _german, "fr": _french, "zh": _mandarin, "ja": _japanese,
     "ko": _korean,
 }
+# Each grammar's builders and word bounds.
+_GRAMMARS = {
+    "small": (_BUILDERS, (MIN_WORDS, MAX_WORDS)),
+    "large": (grammar_large.BUILDERS, (grammar_large.MIN_WORDS, grammar_large.MAX_WORDS)),
+}
 
 
-def _check_language(language: str, grammar: str = "small") -> None:
-    if grammar not in GRAMMARS:
+def _builders(language: str, grammar: str = "small"
+              ) -> Callable[[np.random.Generator], tuple[list[str], str]]:
+    """The builder of ``language`` in ``grammar``; ValueError for an unknown pair."""
+    if grammar not in _GRAMMARS:
         raise ValueError(f"unknown grammar {grammar!r}; expected one of {list(GRAMMARS)}")
-    builders = _BUILDERS if grammar == "small" else grammar_large.BUILDERS
+    builders = _GRAMMARS[grammar][0]
     if language not in builders:
         raise ValueError(f"unsupported language {language!r} for the {grammar} grammar; "
                          f"expected one of {list(builders)}")
+    return builders[language]
 
 
 def word_bounds(grammar: str = "small") -> tuple[int, int]:
     """The fewest and most words a sentence of ``grammar`` has."""
-    if grammar == "large":
-        return grammar_large.MIN_WORDS, grammar_large.MAX_WORDS
-    return MIN_WORDS, MAX_WORDS
+    return _GRAMMARS[grammar][1]
 
 
 def generate_sentence(language: str, rng: np.random.Generator, grammar: str = "small"
                       ) -> Sentence:
     """One random sentence in ``language`` from ``grammar``, drawn with ``rng``."""
-    _check_language(language, grammar)
-    build = (_BUILDERS if grammar == "small" else grammar_large.BUILDERS)[language]
+    build = _builders(language, grammar)
     fewest, most = word_bounds(grammar)
     while True:  # redraw the rare combinations outside the length bounds
         words, end = build(rng)
@@ -327,7 +332,7 @@ _NON_WORDS = {"m", "f", "drink", "eat"}  # table labels
 
 def vocabulary(language: str, grammar: str = "small") -> frozenset[str]:
     """Every word ``grammar`` can produce (space-separated units; table entries for zh/ja)."""
-    _check_language(language, grammar)
+    _builders(language, grammar)
     if grammar == "large":
         words = set(grammar_large.EXTRA_WORDS[language])
         for entry in _strings(grammar_large.TABLES[language].values()):
