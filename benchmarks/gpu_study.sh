@@ -3,16 +3,18 @@
 # GPU, then every model it made scored on a development split, never the presets: new
 # renderings (corpus seed 4321) of sentences from the td_pool's partition of the large grammar,
 # which no model trained on (OPD rolls out on the pool's own clips, whose sentences mostly
-# differ). Copies what a reader needs (report, per-utterance results, metrics, logs, job
-# benchmarks, no audio or weights) to $RESULTS.
+# differ): dev_zh and dev_en (the training mix's conditions) and dev_net (the net preset's
+# speed, pitch and telephone codec). Copies what a reader needs (report, per-utterance
+# results, metrics, logs, job benchmarks, no audio or weights) to $RESULTS.
 #
 #   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
 #
-# EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir). GPU_JOBS (default
-# 8) single-GPU jobs share the GPU; DAG_LIMIT (s, default: none) stops the DAG early so the
-# scoring and the copy still happen within a time limit (leave them ~90 s): run the script
-# again to continue it (finished jobs stay, interrupted training resumes from its checkpoints).
-# ARCHIVE=FILE.tgz also packs $RESULTS into one file.
+# EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir; end them before
+# targets with an option such as --nolock). GPU_JOBS (default 8) single-GPU jobs share the GPU;
+# DAG_LIMIT (s, default: none) stops the DAG early so the scoring and the copy still happen
+# within a time limit (leave them ~90 s): run the script again to continue it (finished jobs
+# stay, interrupted training resumes from its checkpoints). ARCHIVE=FILE.tgz also packs
+# $RESULTS into one file.
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu_study_out}
 PY=${PY:-python3}
@@ -25,18 +27,23 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "sna
       snakemake.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
   | tee -a "$RESULTS/summary.txt"
 
-if [ ! -f "$DEV/data/dev_en.jsonl" ]; then  # the development split, once
+# The development split, once: dev_zh and dev_en are the td_pool split's rows of one language
+# (the same renderings at every run), dev_net its own split.
+if [ ! -f "$DEV/data/dev_net.jsonl" ]; then
   $PY -m stages.synth_demo --output-dir "$DEV/corpus" --seed 4321 --grammar large \
     --train-languages zh en --workers 4 --no-progress \
-    --sizes train=0 td_pool=600 aishell=0 meeting=0 net=0 clean=0 other=0 > "$RESULTS/dev_synth.log" 2>&1
+    --sizes train=0 td_pool=600 aishell=0 meeting=0 net=0 clean=0 other=0 dev_net=300 \
+    > "$RESULTS/dev_synth.log" 2>&1
   for lang in zh en; do
     $PY - "$DEV/corpus/manifests/td_pool.jsonl" "$DEV/corpus/manifests/dev_$lang.jsonl" "$lang" <<'EOF'
 import json, sys
 with open(sys.argv[1]) as rows, open(sys.argv[2], "w") as out:
     out.writelines(line for line in rows if json.loads(line)["language"] == sys.argv[3])
 EOF
-    $PY -m stages.validate --input "$DEV/corpus/manifests/dev_$lang.jsonl" \
-      --output "$DEV/data/dev_$lang.jsonl" --report "$DEV/data/dev_$lang.report.json" \
+  done
+  for name in zh en net; do
+    $PY -m stages.validate --input "$DEV/corpus/manifests/dev_$name.jsonl" \
+      --output "$DEV/data/dev_$name.jsonl" --report "$DEV/data/dev_$name.report.json" \
       --min-seconds 0.2 --max-seconds 30 --require-text --workers 2 >> "$RESULTS/dev_synth.log" 2>&1
   done
 fi
@@ -54,30 +61,32 @@ grep -E "^[0-9]+ of [0-9]+ steps" "$RESULTS/snakemake.log" | tail -n 1 | tee -a 
 for model in "$STUDY"/models/*/; do
   name=$(basename "$model")
   [ "$name" = tiny ] || [ ! -f "$model/config.json" ] && continue
-  for lang in zh en; do
-    [ "$DEV/eval/$name/dev_$lang.summary.json" -nt "$model/config.json" ] || echo "$name $lang"
+  for dev in zh en net; do
+    [ "$DEV/eval/$name/dev_$dev.summary.json" -nt "$model/config.json" ] || echo "$name $dev"
   done
 done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -P "$GPU_JOBS" -n 2 sh -c '
-  metric=$([ "$1" = zh ] && echo cer || echo wer)
+  lang=$([ "$1" = en ] && echo en || echo zh)
+  metric=$([ "$lang" = zh ] && echo cer || echo wer)
   mkdir -p "$DEV/eval/$0"
   $PY -m stages.evaluate --model "$STUDY/models/$0" --input "$DEV/data/dev_$1.jsonl" \
     --output "$DEV/eval/$0/dev_$1.jsonl" --summary "$DEV/eval/$0/dev_$1.summary.json" \
-    --metric $metric --normalizer $1 --batch-size 64 --max-new-tokens 48 --threads 2 \
+    --metric $metric --normalizer $lang --batch-size 64 --max-new-tokens 48 --threads 2 \
     > "$DEV/eval/$0/dev_$1.log" 2>&1 || echo "dev evaluation of $0 ($1) failed" >&2
 ' 2>&1 | tee -a "$RESULTS/summary.txt"
 $PY - "$DEV/eval" <<'EOF' | tee -a "$RESULTS/summary.txt"
 import json, sys
 from pathlib import Path
-print(f"{'development split':32} {'zh CER %':>9} {'distinct':>9} {'en WER %':>9} {'distinct':>9}")
+devs = {"zh": "zh CER %", "en": "en WER %", "net": "net CER %"}
+print(f"{'development split':32}", *(f"{title:>10} {'distinct':>9}" for title in devs.values()))
 for folder in sorted(Path(sys.argv[1]).iterdir()):
     cells = []
-    for lang in ("zh", "en"):
-        summary, rows = folder / f"dev_{lang}.summary.json", folder / f"dev_{lang}.jsonl"
+    for dev in devs:
+        summary, rows = folder / f"dev_{dev}.summary.json", folder / f"dev_{dev}.jsonl"
         if not summary.exists():
-            cells += [f"{'-':>9}", f"{'-':>9}"]
+            cells += [f"{'-':>10}", f"{'-':>9}"]
             continue
         preds = [json.loads(line)["pred_text"] for line in rows.open()]
-        cells += [f"{100 * json.loads(summary.read_text())['rate']:9.2f}",
+        cells += [f"{100 * json.loads(summary.read_text())['rate']:10.2f}",
                   f"{len(set(preds)):4d}/{len(preds):<4d}"]
     print(f"{folder.name:32} {' '.join(cells)}")
 EOF

@@ -5,11 +5,14 @@ large zh and en one) with espeak-ng voices, applies each split's degradations, a
 16 kHz mono 16-bit wavs plus manifests:
 
   train     multilingual mix (zh and en 40 % each, the rest shared by de fr ko ja), mild noise /
-            reverberation / speed augmentation on about half of the clips
+            reverberation / speed augmentation on about half of the clips (--telephone-share:
+            also the telephone codec on that share of them)
   td_pool   same distribution as train, different sentences (keeps the reference text)
-  aishell   zh clean                       meeting  zh, noise 5-15 dB SNR + reverberation
+  aishell   zh clean                       meeting  zh, noise 10-20 dB SNR + reverberation
   net       zh, speed 0.85-1.15, pitch, telephone codec (8 kHz band + 8-bit mu-law)
   clean     en clean                       other    en, harder voices + noise 10-20 dB SNR
+  dev_<preset>  a preset's conditions over td_pool-partition sentences, for choosing settings
+            without the presets (empty unless --sizes names them)
 
 Evaluation sentences never occur in train or td_pool. The same seed gives byte-identical wavs
 and manifests, whatever --workers.
@@ -50,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(CorpusSettings, args)
     corpus = build_corpus(args.output_dir, settings.sizes, settings.seed,
                           settings.train_languages, workers=settings.workers,
-                          progress=settings.progress, grammar=settings.grammar)
+                          progress=settings.progress, grammar=settings.grammar,
+                          telephone_share=settings.telephone_share)
     for split, summary in corpus["splits"].items():
         languages = ", ".join(f"{lang} {block['clips']}"
                               for lang, block in summary["languages"].items())

@@ -11,16 +11,19 @@ import pytest
 import soundfile as sf
 
 from stages.common.cli import run_stage
+from stages.common.errors import UserError
 from stages.demo import degrade
 from stages.demo.corpus import (
     EVAL_PRESETS,
-    SPLITS,
+    RECIPES,
+    CorpusSettings,
     allocate,
     plan_split,
     render_clip,
     train_language_weights,
 )
 from stages.demo.espeak import Espeak
+from stages.demo.sentences import partition_of
 from stages.synth_demo import build_parser, main
 
 SIZES = ["train=12", "td_pool=6", "aishell=3", "meeting=3", "net=3", "clean=3", "other=3"]
@@ -66,7 +69,7 @@ def _band_energy(signal: np.ndarray, low: float, high: float) -> float:
 
 def test_same_seed_is_byte_identical_whatever_the_workers(corpora):
     serial, parallel = _files(corpora["serial"]), _files(corpora["parallel"])
-    assert len(serial) == 33 + 2 * len(SPLITS)  # wavs + manifests + details
+    assert len(serial) == 33 + 2 * len(SIZES)  # wavs + manifests + details
     assert serial == parallel
 
 
@@ -230,3 +233,43 @@ def test_large_grammar_corpus_records_it_and_refuses_other_languages(tmp_path, c
     assert status == 1
     assert "the large grammar has only ['en', 'zh']" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "manifests").exists()
+
+
+def test_development_splits_render_a_presets_conditions_over_td_pool_sentences(espeak):
+    for preset in EVAL_PRESETS:
+        assert RECIPES[f"dev_{preset}"] == dataclasses.replace(RECIPES[preset],
+                                                               partition="td_pool")
+    dev = plan_split("dev_net", 30, 1234)
+    assert {p.language for p in dev} == {"zh"} and all(p.codec for p in dev)
+    assert {partition_of(p.text, "zh") for p in dev} == {"td_pool"}
+    assert not {p.text for p in dev} & {p.text for p in plan_split("net", 40, 1234)}
+    audio = render_clip(dev[0], espeak)
+    assert _band_energy(audio, 4000, 8000) < 1e-6 * _band_energy(audio, 0, 8000)
+    clean = plan_split("dev_clean", 10, 1234, grammar="large")
+    assert {partition_of(p.text, "en") for p in clean} == {"td_pool"}
+
+
+def test_telephone_share_codes_that_share_of_the_training_mix_only(espeak):
+    plain = plan_split("train", 400, 1234)
+    assert plan_split("train", 400, 1234, telephone_share=0.0) == plain  # no extra draw at 0
+    assert not any(p.codec for p in plain)
+    coded = plan_split("train", 400, 1234, telephone_share=0.25)
+    assert 0.18 < sum(p.codec for p in coded) / 400 < 0.32
+    assert all(p.codec for p in plan_split("td_pool", 20, 1234, telephone_share=1.0))
+    assert not any(p.codec for p in plan_split("aishell", 20, 1234, telephone_share=1.0))
+    audio = render_clip(next(p for p in coded if p.codec), espeak)
+    assert _band_energy(audio, 4000, 8000) < 1e-6 * _band_energy(audio, 0, 8000)
+
+
+def test_telephone_share_is_recorded_and_checked(tmp_path, capsys):
+    status = _run(["--output-dir", str(tmp_path / "ok"), "--telephone-share", "0.5", "--sizes",
+                   "train=4", "td_pool=0", "aishell=0", "meeting=0", "net=0", "clean=0",
+                   "other=0", "dev_net=2", "--no-progress"])
+    assert status == 0
+    corpus = json.loads((tmp_path / "ok" / "corpus.json").read_text("utf-8"))
+    assert corpus["telephone_share"] == 0.5 and corpus["sizes"] == {"train": 4, "dev_net": 2}
+    details = [json.loads(line) for line in
+               (tmp_path / "ok" / "details" / "dev_net.jsonl").read_text("utf-8").splitlines()]
+    assert all(row["codec"] for row in details)
+    with pytest.raises(UserError, match="--telephone-share must be between 0 and 1, got 1.5"):
+        CorpusSettings(telephone_share=1.5)

@@ -10,6 +10,10 @@ about half of the clips; the five evaluation presets mirror the paper's benchmar
 (zh clean), ``meeting`` (zh, noise 10-20 dB + reverberation), ``net`` (zh, speed, pitch and a
 telephone codec), ``clean`` (en clean) and ``other`` (en, harder voices + noise 10-20 dB).
 Evaluation sentences come from a sentence partition disjoint from the training one.
+
+Development splits ``dev_<preset>`` render a preset's conditions over sentences of the
+td_pool's partition (never an evaluation sentence), for choosing settings without looking at
+the presets. They are empty unless asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +106,8 @@ RECIPES = {
     "other": Recipe(language="en", partition="eval", hard_voice_share=1.0,
                     noise_kinds=NOISE_KINDS, snr_db=(10.0, 20.0)),
 }
+RECIPES |= {f"dev_{preset}": replace(RECIPES[preset], partition="td_pool")
+            for preset in EVAL_PRESETS}
 SPLITS = tuple(RECIPES)
 
 
@@ -119,6 +125,10 @@ class CorpusSettings:
         "small", help="sentence grammar: small (~1,200 zh and en sentences of 2-5 words, for "
         "tiny CPU models) or large (zh and en only, millions of sentences of 3-12 words, for "
         "GPU-sized models)")
+    telephone_share: float = setting(
+        0.0, metavar="SHARE",
+        help="share of train and td_pool clips also passed through the net preset's telephone "
+        "codec (8 kHz band, 8-bit mu-law), drawn per clip; 0 keeps them wideband")
     workers: int = setting(1, volatile=True, help="synthesis processes")
     progress: bool = setting(True, volatile=True, help="progress bar on stderr")
 
@@ -131,6 +141,9 @@ class CorpusSettings:
                 raise UserError(f"--sizes: count for {name} must be 0 or more, got {count}")
         if not self.train_languages:
             raise UserError("--train-languages: give at least one language")
+        if not 0.0 <= self.telephone_share <= 1.0:
+            raise UserError(f"--telephone-share must be between 0 and 1, got "
+                            f"{self.telephone_share}")
 
 
 @dataclass(frozen=True)
@@ -205,9 +218,10 @@ def _integer(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
     return int(rng.integers(bounds[0], bounds[1] + 1))
 
 
-def _plan_clip(split: str, index: int, language: str, text: str, rng: np.random.Generator
-               ) -> ClipPlan:
-    """Draw one clip's voice and degradations following the split's recipe."""
+def _plan_clip(split: str, index: int, language: str, text: str, rng: np.random.Generator,
+               telephone_share: float = 0.0) -> ClipPlan:
+    """Draw one clip's voice and degradations following the split's recipe; a training-mix
+    clip also gets the telephone codec with probability ``telephone_share``."""
     recipe = RECIPES[split]
     hard = rng.random() < recipe.hard_voice_share
     plan = {
@@ -233,6 +247,8 @@ def _plan_clip(split: str, index: int, language: str, text: str, rng: np.random.
             plan["rt60"] = _uniform(rng, recipe.rt60)
         else:
             plan["speed"] = _uniform(rng, recipe.speed, 3)
+    if recipe.language == "mix" and telephone_share > 0:  # no draw at 0: corpora stay as they were
+        plan["codec"] = bool(rng.random() < telephone_share)
     return ClipPlan(**plan)
 
 
@@ -245,7 +261,7 @@ def split_languages(split: str, size: int, train_languages: Sequence[str]) -> di
 
 
 def plan_split(split: str, size: int, seed: int, train_languages: Sequence[str] = LANGUAGES,
-               grammar: str = "small") -> list[ClipPlan]:
+               grammar: str = "small", telephone_share: float = 0.0) -> list[ClipPlan]:
     """The clips of ``split``: distinct sentences of ``grammar`` from its partition, languages
     interleaved."""
     if split not in RECIPES:
@@ -262,7 +278,7 @@ def plan_split(split: str, size: int, seed: int, train_languages: Sequence[str] 
     for index, language in enumerate(order):
         sentence = sentences[language][cursor[language]]
         cursor[language] += 1
-        plans.append(_plan_clip(split, index, language, sentence.text, rng))
+        plans.append(_plan_clip(split, index, language, sentence.text, rng, telephone_share))
     return plans
 
 
@@ -358,7 +374,8 @@ def _remove_split(output_dir: Path, split: str) -> None:
 
 def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
                  train_languages: Sequence[str] = LANGUAGES, workers: int = 1,
-                 progress: bool = True, grammar: str = "small") -> dict:
+                 progress: bool = True, grammar: str = "small", telephone_share: float = 0.0
+                 ) -> dict:
     """Plan, render and write the demo corpus; returns the ``corpus.json`` document.
 
     Layout: ``wavs/<split>/<id>.wav`` (16 kHz mono PCM-16), ``manifests/<split>.jsonl``,
@@ -386,7 +403,8 @@ def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
         if sizes.get(split, 0) <= 0:
             continue
         try:
-            plans[split] = plan_split(split, sizes[split], seed, train_languages, grammar)
+            plans[split] = plan_split(split, sizes[split], seed, train_languages, grammar,
+                                      telephone_share)
         except ValueError as err:
             raise UserError(f"cannot plan split {split} with {sizes[split]} clips: {err}. "
                             f"Ask for fewer clips (--sizes {split}=N).") from err
@@ -433,7 +451,7 @@ def build_corpus(output_dir: str | Path, sizes: dict[str, int], seed: int,
                                  **_seconds_summary(split_plans, frames),
                                  "recipe": asdict(RECIPES[split])}
 
-    settings = {"seed": seed, "grammar": grammar,
+    settings = {"seed": seed, "grammar": grammar, "telephone_share": telephone_share,
                 "sizes": {split: len(p) for split, p in plans.items()},
                 "train_languages": list(train_languages), "sample_rate": TARGET_SAMPLE_RATE}
     all_plans = [plan for split_plans in plans.values() for plan in split_plans]
