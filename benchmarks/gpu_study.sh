@@ -64,7 +64,7 @@ for model in "$STUDY"/models/*/; do
   for dev in zh en net; do
     [ "$DEV/eval/$name/dev_$dev.summary.json" -nt "$model/config.json" ] || echo "$name $dev"
   done
-done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -P "$GPU_JOBS" -n 2 sh -c '
+done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -r -P "$GPU_JOBS" -n 2 sh -c '
   lang=$([ "$1" = en ] && echo en || echo zh)
   metric=$([ "$lang" = zh ] && echo cer || echo wer)
   mkdir -p "$DEV/eval/$0"

@@ -22,8 +22,8 @@ for share in $SHARES; do
   printf 'output_dir: results/%s\ndemo:\n  telephone_share: %s\n' "$name" "$share" \
     > "$RESULTS/$name.yaml"
   # --nolock: the studies write disjoint folders, and one snakemake per study runs at once.
-  STUDY=results/$name DEV=results/${name}_dev RESULTS=$RESULTS/$name \
-    EXTRA_CONFIG="$RESULTS/$name.yaml" GPU_JOBS=${GPU_JOBS:-4} PY=$PY \
+  EXTRA_CONFIG="$RESULTS/$name.yaml" STUDY=results/$name DEV=results/${name}_dev \
+    RESULTS=$RESULTS/$name GPU_JOBS=${GPU_JOBS:-4} PY=$PY \
     benchmarks/gpu_study.sh --nolock results/$name/models/teacher \
     results/$name/models/student_base > "$RESULTS/$name.log" 2>&1 &
 done
