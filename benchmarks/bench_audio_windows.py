@@ -5,11 +5,9 @@ time for both and their largest output difference.
 Why: without flash attention, ``Qwen3ASRAudioAttention`` loops in Python over the batch's
 windows (``cu_seqlens``), every layer, forward and backward, so its cost grows with the number
 of clips (the GPU study's teacher bootstrap: 202 ms a step at 64 clips, 546 ms at 256;
-benchmarks/results/h200/gpu_study_bootstrap_batch.txt). The packed variant is registered with
-transformers' ``AttentionInterface`` under a name containing "flash", the switch that makes the
-encoder pass ``cu_seqlens`` to the attention function instead of looping; it gathers the windows
-into a [windows, heads, longest window, dim] batch and masks the padding. This is a measurement,
-not the pipeline's code path.
+benchmarks/results/h200/gpu_study_bootstrap_batch.txt). The packed variant is
+``stages.models.window_attention``, which the Qwen3-ASR adapter switches on for CUDA (measured
+here: 3.3x at 64 clips and 4.0x at 256 on an H200, 0.95x-1.06x on a 2-core CPU).
 
     python -m benchmarks.bench_audio_windows --model results/models/teacher --batch-sizes 16 64
 """
@@ -21,30 +19,9 @@ import json
 import time
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface, Qwen3ASRForConditionalGeneration
+from transformers import Qwen3ASRForConditionalGeneration
 
-PACKED = "packed_windows_flash"
-
-
-def packed_window_attention(module, query, key, value, attention_mask=None, scaling=None,
-                            dropout=0.0, cu_seq_lens_q=None, max_length_q=None, **kwargs):
-    """Attention within each window of ``cu_seq_lens_q`` in one SDPA call. query/key/value:
-    [1, heads, tokens, dim]; returns ([1, tokens, heads, dim], None) like flash attention."""
-    starts = cu_seq_lens_q[:-1].long()
-    lengths = cu_seq_lens_q[1:].long() - starts
-    longest = int(max_length_q) if max_length_q is not None else int(lengths.max())
-    offsets = torch.arange(longest, device=query.device)
-    valid = offsets[None, :] < lengths[:, None]                          # [windows, longest]
-    index = (starts[:, None] + offsets[None, :]).clamp(max=query.shape[2] - 1)
-
-    def windows(states):  # [1, H, T, D] -> [windows, H, longest, D]
-        return states[0][:, index].permute(1, 0, 2, 3)
-
-    out = F.scaled_dot_product_attention(
-        windows(query), windows(key), windows(value), attn_mask=valid[:, None, None, :],
-        dropout_p=dropout if module.training else 0.0, scale=scaling)
-    return out.permute(0, 2, 1, 3)[valid].unsqueeze(0), None
+from stages.models.window_attention import use_packed_window_attention
 
 
 def encoder_inputs(model, batch: int, seconds: tuple[float, float], seed: int):
@@ -89,7 +66,6 @@ def main() -> None:
     p.add_argument("--json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    AttentionInterface.register(PACKED, packed_window_attention)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(args.model).to(args.device).train()
     tower = model.model.audio_tower
     default = tower.config._attn_implementation
@@ -98,7 +74,7 @@ def main() -> None:
         features, mask = (t.to(args.device) for t in encoder_inputs(model, batch, args.seconds, 0))
         tower.config._attn_implementation = default
         looped, reference = timed(model, features, mask, args.repeats)
-        tower.config._attn_implementation = PACKED
+        use_packed_window_attention(model)
         packed, out = timed(model, features, mask, args.repeats)
         tower.config._attn_implementation = default
         row = {"batch": batch, "device": args.device, "attention": default,
