@@ -61,7 +61,7 @@ def test_packed_windows_match_the_per_window_loop(opd_models_dir, tmp_path):
     assert reloaded["model_type"] == "qwen3_asr"
 
 
-def test_only_sdpa_towers_switch_and_the_adapter_keeps_the_loop_on_the_cpu(opd_models_dir):
+def test_only_qwen3_asr_sdpa_towers_switch_and_the_adapter_keeps_the_loop(opd_models_dir):
     eager = Qwen3ASRForConditionalGeneration.from_pretrained(
         opd_models_dir / "teacher_init", attn_implementation="eager")
     assert use_packed_window_attention(eager) is False

@@ -15,7 +15,6 @@ from transformers.models.qwen3_asr.processing_qwen3_asr import LANGUAGE_CODE_TO_
 
 from stages.common.errors import UserError
 from stages.models.base import AsrAdapter, ResponseHeader
-from stages.models.window_attention import use_packed_window_attention
 
 NAME_TO_LANGUAGE_CODE = {name.lower(): code for code, name in LANGUAGE_CODE_TO_NAME.items()}
 
@@ -58,8 +57,6 @@ class Qwen3AsrAdapter(AsrAdapter):
         # alone in the token stream whatever text precedes it.
         self.header_end_id = header_ids[-1]
         super().__init__(model, processor, **options)
-        if self.device.type == "cuda":  # measured faster there, not on the CPU
-            use_packed_window_attention(model)
 
     def _transcription_prompt(self, audio: np.ndarray, name: str | None) -> str:
         prompts = self.processor.apply_transcription_request(

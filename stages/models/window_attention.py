@@ -6,10 +6,15 @@ in every layer, forward and backward, and syncs the GPU to split the windows eac
 encoder's cost grows with the number of clips. Registered with ``AttentionInterface`` under a
 name containing "flash" (the switch that makes the encoder pass ``cu_seqlens`` to the attention
 function instead of looping), :func:`packed_window_attention` gathers the windows into a
-[windows, heads, longest window, dim] batch and masks the padding. Same outputs (equal on an
-H200, within 1.2e-6 on the CPU); on an H200 the encoder's forward and backward run 3.3x faster at
-64 clips and 4.0x at 256 (``benchmarks/bench_audio_windows.py``), on a 2-core CPU about equally
-fast, so it is switched on for CUDA only.
+[windows, heads, longest window, dim] batch and masks the padding.
+
+Measured (``benchmarks/bench_audio_windows.py``, README "The GPU study"): the same outputs and
+gradients in fp32; the encoder's forward and backward 3.3x faster at 64 clips and 4.0x at 256
+on an H200, about as fast on a 2-core CPU; the GPU study's teacher bootstrap step 165 ms
+against ~200-220 ms. Not switched on by any stage yet: in the one bf16 bootstrap run with it,
+the from-scratch teacher left its loss plateau later and ended worse (clean WER 17.7 % against
+4.7 %; benchmarks/results/h200/gpu_study_packed_attention.txt), and one run cannot tell
+chance from a real cost. Enabling it needs a few seeds per path first.
 """
 
 from __future__ import annotations
