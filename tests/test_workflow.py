@@ -631,6 +631,7 @@ def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, t
             calls.setdefault(job.rule, []).append(stage_call(job.command)[1])
     synth = calls["synth_demo"][0]
     assert synth.grammar == "large" and tuple(synth.train_languages) == ("zh", "en")
+    assert synth.telephone_share == 0.2  # chosen on dev_net (README "The GPU study")
     assert {"train=20000", "td_pool=4000", "aishell=200"} <= set(synth.sizes)
     spec = json.loads(calls["tiny_models"][0].spec)
     assert spec["teacher"]["hidden_size"] == 384 and spec["student"]["hidden_size"] == 256
