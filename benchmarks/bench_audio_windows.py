@@ -7,7 +7,7 @@ windows (``cu_seqlens``), every layer, forward and backward, so its cost grows w
 of clips (the GPU study's teacher bootstrap: 202 ms a step at 64 clips, 546 ms at 256;
 benchmarks/results/h200/gpu_study_bootstrap_batch.txt). The packed variant is
 ``stages.models.window_attention`` (measured here: 3.3x at 64 clips and 4.0x at 256 on an H200,
-0.95x-1.06x on a 2-core CPU; why no stage uses it yet: that module's docstring).
+0.95x-1.06x on a 2-core CPU; why it is off by default: that module's docstring).
 
     python -m benchmarks.bench_audio_windows --model results/models/teacher --batch-sizes 16 64
 """

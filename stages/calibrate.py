@@ -98,11 +98,11 @@ def main(args: argparse.Namespace) -> int:
 
     utterances = read_utterances(args.train)
     pair = run.pair
-    student = load_adapter(pair.student, family=pair.student_family, device=device,
-                           dtype=compute_dtype, trust_remote_code=pair.trust_remote_code)
-    teacher = prepare_teacher(load_adapter(pair.teacher, family=pair.teacher_family,
-                                           device=device, dtype=compute_dtype,
-                                           trust_remote_code=pair.trust_remote_code))
+    loading = {"device": device, "dtype": compute_dtype,
+               "trust_remote_code": pair.trust_remote_code,
+               "packed_audio_windows": pair.packed_audio_windows}
+    student = load_adapter(pair.student, family=pair.student_family, **loading)
+    teacher = prepare_teacher(load_adapter(pair.teacher, family=pair.teacher_family, **loading))
     student.model.eval()
     loaded = time.perf_counter()
     report = calibrate(student, teacher, utterances, run.opd, run.thresholds,

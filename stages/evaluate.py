@@ -147,7 +147,8 @@ def main(args: argparse.Namespace) -> int:
     log.info("loading %s on %s (%s)", args.model, device, dtype_name(dtype))
     load_start = time.perf_counter()
     adapter = load_adapter(args.model, family=args.family, device=device, dtype=dtype,
-                           trust_remote_code=args.trust_remote_code)
+                           trust_remote_code=args.trust_remote_code,
+                           packed_audio_windows=args.packed_audio_windows)
     load_seconds = time.perf_counter() - load_start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

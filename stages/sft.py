@@ -86,7 +86,9 @@ def run(settings: SftRun, hooks: Sequence[StepHook] = ()) -> dict:
     training = settings.training
     inputs = {"model": settings.model, "train": training.train}
     with TrainingSession.start(training, stage="sft", identity=settings, inputs=inputs,
-                               trust_remote_code=settings.loading.trust_remote_code) as session:
+                               trust_remote_code=settings.loading.trust_remote_code,
+                               packed_audio_windows=settings.loading.packed_audio_windows
+                               ) as session:
         utterances = session.read_data(text_field=settings.text_field)
         adapter = session.load_trainee(settings.model, family=settings.loading.family)
         if adapter.family == "qwen3_asr":

@@ -175,7 +175,8 @@ def main(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         log.info("loading teacher %s on %s (%s)", args.teacher, device, dtype_name(dtype))
         adapter = load_adapter(args.teacher, family=family, device=device, dtype=dtype,
-                               trust_remote_code=args.trust_remote_code)
+                               trust_remote_code=args.trust_remote_code,
+                               packed_audio_windows=args.packed_audio_windows)
         # Rows in a language the teacher has no prompt for are transcribed with an open prompt
         # (the teacher detects the language); their manifest language stays the row's.
         open_prompt = Counter(u.language for u in utterances

@@ -93,14 +93,16 @@ def run(settings: OpdRun, hooks: Sequence[StepHook] = ()) -> dict:
     calibration = require_calibration(settings.calibration, pair.student, pair.teacher, cfg)
     inputs = {"student": pair.student, "teacher": pair.teacher, "train": training.train}
     with TrainingSession.start(training, stage="train_opd", identity=settings, inputs=inputs,
-                               trust_remote_code=pair.trust_remote_code) as session:
+                               trust_remote_code=pair.trust_remote_code,
+                               packed_audio_windows=pair.packed_audio_windows) as session:
         env = session.env
         utterances = session.read_data(text_field=None)
         student = session.load_trainee(pair.student, family=pair.student_family)
         # The frozen teacher is not trained: it computes in the compute dtype (bf16 on CUDA).
         teacher = prepare_teacher(load_adapter(
             pair.teacher, family=pair.teacher_family, device=env.device,
-            dtype=resolve_dtype("auto", env.device), trust_remote_code=pair.trust_remote_code))
+            dtype=resolve_dtype("auto", env.device), trust_remote_code=pair.trust_remote_code,
+            packed_audio_windows=pair.packed_audio_windows))
         objective = OpdObjective(student, teacher, build_vocab_map(student, teacher), cfg,
                                  seed=training.loop.seed, rank=env.rank,
                                  world_size=env.world_size, grad_accum=training.loop.grad_accum)

@@ -70,3 +70,31 @@ def test_only_qwen3_asr_sdpa_towers_switch_and_the_adapter_keeps_the_loop(opd_mo
     assert adapter.model.model.audio_tower.config._attn_implementation == "sdpa"
     student = load_adapter(str(opd_models_dir / "student_init"))  # GLM-ASR: no windowed tower
     assert use_packed_window_attention(student.model) is False
+
+
+def test_the_loading_option_packs_the_teachers_windows_and_scores_the_same(opd_models_dir,
+                                                                             opd_corpus):
+    """``packed_audio_windows`` (every model-loading stage's --packed-audio-windows): the
+    teacher's tower switches, the student's has nothing to pack, and the teacher decodes the
+    same clips to the same ids with the same teacher-forced logits."""
+    audios = [u.row["samples"] for u in opd_corpus]
+    languages = [u.language for u in opd_corpus]
+
+    def decoded(adapter):
+        responses = adapter.generate(audios, languages, max_new_tokens=8)
+        with torch.no_grad():
+            logits, mask = adapter.response_logits(audios, languages, responses)
+        return responses, logits[mask]
+
+    loop = load_adapter(str(opd_models_dir / "teacher_init"))
+    packed = load_adapter(str(opd_models_dir / "teacher_init"), packed_audio_windows=True)
+    assert packed.model.model.audio_tower.config._attn_implementation == PACKED_WINDOWS
+    assert loop.model.model.audio_tower.config._attn_implementation == "sdpa"
+    responses, logits = decoded(loop)
+    packed_responses, packed_logits = decoded(packed)
+    assert packed_responses == responses
+    # Random weights answer every clip alike, but their logits still depend on the audio.
+    assert float((logits[0] - logits[-1]).abs().max()) > 1e-2
+    torch.testing.assert_close(packed_logits, logits, rtol=1e-4, atol=1e-4)
+    student = load_adapter(str(opd_models_dir / "student_init"), packed_audio_windows=True)
+    assert student.model.model.audio_tower.config._attn_implementation == "sdpa"

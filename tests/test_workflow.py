@@ -345,6 +345,9 @@ def check_job(job, config):
         assert_options(rule, args, config["export"])
     elif rule != "td_merge":
         raise AssertionError(f"rule {rule} has no contract check; add one here")
+    if rule in ("bootstrap", "td_adapt", "teacher_data", "calibrate", "train_opd", "export",
+                "evaluate"):  # every stage that loads a model
+        assert args.packed_audio_windows == config["models"]["packed_audio_windows"], rule
     if rule in ("calibrate", "train_opd"):
         assert Path(args.train).name == f"{config['opd']['split']}.jsonl"
         models = config["models"]
@@ -390,11 +393,13 @@ def test_every_rule_passes_the_config_to_its_stage(venv_env):
 
 def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
     """Sampling, quarantine, a VUSS floor, several GPUs, extra models, families, remote code,
+    packed audio windows,
     the TD-adapted student's evaluation and a fixed export tolerance."""
     variant = {
         "validate": {"on_error": "quarantine"},
         "models": {"extra": {"other_model": "org/other-model"}, "student_family":
-                   "audio_chat_lm", "teacher_family": "qwen3_asr", "trust_remote_code": True},
+                   "audio_chat_lm", "teacher_family": "qwen3_asr", "trust_remote_code": True,
+                   "packed_audio_windows": True},
         "evaluate": {"student_td_adapted": True, "language_hint": False},
         "teacher_data": {"filters": ["empty", "repetition"], "max_units_per_second":
                          {"zh": 10.0, "default": 20.0}},

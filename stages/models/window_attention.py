@@ -11,10 +11,11 @@ function instead of looping), :func:`packed_window_attention` gathers the window
 Measured (``benchmarks/bench_audio_windows.py``, README "The GPU study"): the same outputs and
 gradients in fp32; the encoder's forward and backward 3.3x faster at 64 clips and 4.0x at 256
 on an H200, about as fast on a 2-core CPU; the GPU study's teacher bootstrap step 165 ms
-against ~200-220 ms. Not switched on by any stage yet: in the one bf16 bootstrap run with it,
-the from-scratch teacher left its loss plateau later and ended worse (clean WER 17.7 % against
-4.7 %; benchmarks/results/h200/gpu_study_packed_attention.txt), and one run cannot tell
-chance from a real cost. Enabling it needs a few seeds per path first.
+against ~200-220 ms. Off by default (``models.packed_audio_windows``, each model-loading
+stage's ``--packed-audio-windows``): in the one bf16 bootstrap run with it, the from-scratch
+teacher left its loss plateau later and ended worse (clean WER 17.7 % against 4.7 %;
+benchmarks/results/h200/gpu_study_packed_attention.txt), and one run cannot tell chance from
+a real cost. Turning it on by default needs a few seeds per path first.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from stages.data.audio import TARGET_SAMPLE_RATE
 from stages.data.batching import load_batch, read_utterances
 from stages.models import FAMILIES, ModelLoading, family_of, load_adapter
 from stages.models.base import AsrAdapter
+from stages.models.window_attention import use_packed_window_attention
 from stages.train.checkpoint import (
     META_FILE,
     load_model_weights,
@@ -364,10 +365,13 @@ def export_checkpoint(ckpt: CheckpointSource, base: str | Path, output: str | Pa
         log.info("verifying %s: weights against the checkpoint, logits on %d probe clip(s)",
                  output, len(probe.audios))
         exported = load_adapter(str(staging), family=family, device=device, dtype=dtype,
-                                trust_remote_code=settings.trust_remote_code)
+                                trust_remote_code=settings.trust_remote_code,
+                                packed_audio_windows=settings.packed_audio_windows)
         weights = compare_weights(checkpoint_model_tensors(ckpt.path), exported.model, dtype)
         processor = AutoProcessor.from_pretrained(base_dir,
                                                   trust_remote_code=settings.trust_remote_code)
+        if settings.packed_audio_windows:  # both sides of the comparison attend alike
+            use_packed_window_attention(model)
         reference = FAMILIES[family](model.to(device), processor)
         probe_report = compare_logits(reference, exported, probe,
                                       max_new_tokens=settings.probe_max_new_tokens,

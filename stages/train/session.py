@@ -176,11 +176,12 @@ class TrainingSession:
     started: float
     stage_settings: Any = None
     lock: RunLock | None = None
+    packed_audio_windows: bool = False
 
     @classmethod
     def start(cls, training: TrainingSettings, *, stage: str, identity: Any,
-              inputs: dict[str, str | Path], trust_remote_code: bool = False
-              ) -> TrainingSession:
+              inputs: dict[str, str | Path], trust_remote_code: bool = False,
+              packed_audio_windows: bool = False) -> TrainingSession:
         """Check the settings, set threads, join the process group and seed. ``identity``: the
         stage's whole settings dataclass, hashed (without its volatile settings) with
         fingerprints of ``inputs`` into every checkpoint. Use it as a context manager (``with
@@ -205,7 +206,8 @@ class TrainingSession:
                                 "evenly")
             lock = _lock_run_folder(Path(training.loop.output_dir), env)
             seed_everything(training.loop.seed)  # same weights on every rank before sharding
-            session = cls(training=training, trust_remote_code=trust_remote_code, env=env,
+            session = cls(training=training, trust_remote_code=trust_remote_code,
+                          packed_audio_windows=packed_audio_windows, env=env,
                           stage=stage, settings=identity_settings(identity, inputs),
                           started=time.perf_counter(), stage_settings=identity, lock=lock)
         except BaseException:
@@ -230,7 +232,8 @@ class TrainingSession:
         """The model to train, behind its adapter, fp32 master weights sharded with FSDP2 (bf16
         compute on CUDA). ``adapter.model`` is the wrapped model."""
         adapter = load_adapter(str(path), family=family, device=self.env.device,
-                               dtype=torch.float32, trust_remote_code=self.trust_remote_code)
+                               dtype=torch.float32, trust_remote_code=self.trust_remote_code,
+                               packed_audio_windows=self.packed_audio_windows)
         shard_model(adapter.model, self.env)
         return adapter
 

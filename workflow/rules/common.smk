@@ -207,8 +207,15 @@ if DEMO:
             "them. Set demo.enabled: false to run on your data and models."
         )
 
-# Stage option passed to every stage that loads a model.
-REMOTE_CODE = "--trust-remote-code" if config["models"]["trust_remote_code"] else ""
+# Stage options passed to every stage that loads a model.
+MODEL_LOADING = " ".join(
+    flag
+    for flag, on in (
+        ("--trust-remote-code", config["models"]["trust_remote_code"]),
+        ("--packed-audio-windows", config["models"]["packed_audio_windows"]),
+    )
+    if on
+)
 
 
 def family_option(role, flag="--family"):

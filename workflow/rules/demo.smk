@@ -93,11 +93,12 @@ if DEMO:
                 BOOTSTRAP[wildcards.role], skip=BOOTSTRAP_INIT
             ),
             shared=stage_options(BOOTSTRAP, skip=BOOTSTRAP_INIT),
+            loading=MODEL_LOADING,
             python=interpreter,
             code=code_version("stages.sft"),
         shell:
             LOG
             + "{params.python} -m stages.sft --model {input.model} --train {input.train}"
             " --output-dir {params.train_dir} --export-dir {output.model}"
-            " {params.options} {params.shared} --stale-checkpoints set-aside"
+            " {params.options} {params.shared} {params.loading} --stale-checkpoints set-aside"
             " --threads {threads}"

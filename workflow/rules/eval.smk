@@ -59,7 +59,7 @@ rule evaluate:
         preset=lambda wildcards: stage_options(
             config["presets"][wildcards.preset], skip=("manifest",)
         ),
-        options=" ".join([stage_options(config["evaluate"]), REMOTE_CODE]),
+        options=" ".join([stage_options(config["evaluate"]), MODEL_LOADING]),
         python=interpreter,
         code=code_version("stages.evaluate"),
     shell:

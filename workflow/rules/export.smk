@@ -43,7 +43,9 @@ rule export:
     params:
         run_dir=lambda wildcards, input: Path(input.summary).parent,
         base=lambda wildcards: recipe_student(wildcards.recipe, wildcards.seed),
-        options=" ".join([stage_options(EXPORT), family_option("student"), REMOTE_CODE]),
+        options=" ".join(
+            [stage_options(EXPORT), family_option("student"), MODEL_LOADING]
+        ),
         python=interpreter,
         code=code_version("stages.export"),
     shell:

@@ -44,7 +44,7 @@ rule teacher_data:
     params:
         teacher=teacher_model(),
         num_shards=TD["shards"],
-        options=" ".join([stage_options(TD), family_option("teacher"), REMOTE_CODE]),
+        options=" ".join([stage_options(TD), family_option("teacher"), MODEL_LOADING]),
         python=interpreter,
         code=code_version("stages.teacher_data"),
     shell:
@@ -116,7 +116,7 @@ rule td_adapt:
         model=student_base_model(),
         out_dir=lambda wildcards, output: Path(output.summary).parent,
         options=" ".join(
-            [stage_options(TD_ADAPT), family_option("student"), REMOTE_CODE]
+            [stage_options(TD_ADAPT), family_option("student"), MODEL_LOADING]
         ),
         code=code_version("stages.sft"),
     shell:

@@ -18,7 +18,7 @@ OPD_STEP_OPTIONS = " ".join(
         stage_options(OPD["step"]),
         family_option("student", "--student-family"),
         family_option("teacher", "--teacher-family"),
-        REMOTE_CODE,
+        MODEL_LOADING,
     ]
 )
 
