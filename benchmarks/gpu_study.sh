@@ -22,6 +22,7 @@ GPU_JOBS=${GPU_JOBS:-8}
 STUDY=${STUDY:-results/gpu_study}  # the recipe's output_dir
 DEV=${DEV:-results/gpu_study_dev}
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)  # the copy at the end runs from other folders
 $PY -c 'import torch, transformers, snakemake
 print("torch", torch.__version__, "transformers", transformers.__version__, "snakemake",
       snakemake.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
