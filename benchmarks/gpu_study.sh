@@ -79,7 +79,8 @@ import json, sys
 from pathlib import Path
 devs = {"zh": "zh CER %", "en": "en WER %", "net": "net CER %"}
 print(f"{'development split':32}", *(f"{title:>10} {'distinct':>9}" for title in devs.values()))
-for folder in sorted(Path(sys.argv[1]).iterdir()):
+scored = Path(sys.argv[1])
+for folder in sorted(scored.iterdir()) if scored.is_dir() else ():
     cells = []
     for dev in devs:
         summary, rows = folder / f"dev_{dev}.summary.json", folder / f"dev_{dev}.jsonl"
