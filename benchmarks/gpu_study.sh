@@ -4,7 +4,7 @@
 # renderings (corpus seed 4321) of sentences from the td_pool's partition of the large grammar,
 # which no model trained on (OPD rolls out on the pool's own clips, whose sentences mostly
 # differ): dev_zh and dev_en (the training mix's conditions) and dev_net (the net preset's
-# speed, pitch and telephone codec). Copies what a reader needs (report, per-utterance
+# speed, pitch and telephone codec); benchmarks/gpu_study_dev.sh builds it. Copies what a reader needs (report, per-utterance
 # results, metrics, logs, job benchmarks, no audio or weights) to $RESULTS.
 #
 #   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
@@ -28,26 +28,7 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "sna
       snakemake.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")' \
   | tee -a "$RESULTS/summary.txt"
 
-# The development split, once: dev_zh and dev_en are the td_pool split's rows of one language
-# (the same renderings at every run), dev_net its own split.
-if [ ! -f "$DEV/data/dev_net.jsonl" ]; then
-  $PY -m stages.synth_demo --output-dir "$DEV/corpus" --seed 4321 --grammar large \
-    --train-languages zh en --workers 4 --no-progress \
-    --sizes train=0 td_pool=600 aishell=0 meeting=0 net=0 clean=0 other=0 dev_net=300 \
-    > "$RESULTS/dev_synth.log" 2>&1
-  for lang in zh en; do
-    $PY - "$DEV/corpus/manifests/td_pool.jsonl" "$DEV/corpus/manifests/dev_$lang.jsonl" "$lang" <<'EOF'
-import json, sys
-with open(sys.argv[1]) as rows, open(sys.argv[2], "w") as out:
-    out.writelines(line for line in rows if json.loads(line)["language"] == sys.argv[3])
-EOF
-  done
-  for name in zh en net; do
-    $PY -m stages.validate --input "$DEV/corpus/manifests/dev_$name.jsonl" \
-      --output "$DEV/data/dev_$name.jsonl" --report "$DEV/data/dev_$name.report.json" \
-      --min-seconds 0.2 --max-seconds 30 --require-text --workers 2 >> "$RESULTS/dev_synth.log" 2>&1
-  done
-fi
+DEV=$DEV PY=$PY benchmarks/gpu_study_dev.sh  # the development split, once
 
 start=$(date +%s)
 timeout "${DAG_LIMIT:-0}" $PY -m snakemake --workflow-profile workflow/profiles/default --scheduler greedy \

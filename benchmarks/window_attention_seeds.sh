@@ -10,11 +10,10 @@
 #   STUDY=results/gpu_study DEV=results/gpu_study_dev RESULTS=DIR \
 #       benchmarks/window_attention_seeds.sh
 #
-# Needs the study's validated train split and tiny teacher, e.g.
-#   snakemake --workflow-profile workflow/profiles/default --configfile config/recipes/gpu_study.yaml \
-#       results/gpu_study/models/tiny results/gpu_study/data/train.jsonl
-# and the development split (benchmarks/gpu_study.sh builds it in $DEV/data). SEEDS (default
-# "0 1 2"), STEPS (default: the recipe's), RECIPE (default config/recipes/gpu_study.yaml).
+# First builds what it needs when missing: the study's validated train split and tiny teacher
+# (its DAG up to them, under $STUDY) and the development split (benchmarks/gpu_study_dev.sh).
+# SEEDS (default "0 1 2"), STEPS (default: the recipe's), RECIPE (default
+# config/recipes/gpu_study.yaml).
 set -uo pipefail
 STUDY=${STUDY:-results/gpu_study}
 DEV=${DEV:-results/gpu_study_dev}
@@ -23,6 +22,13 @@ RECIPE=${RECIPE:-config/recipes/gpu_study.yaml}
 SEEDS=${SEEDS:-"0 1 2"}
 PY=${PY:-python3}
 mkdir -p "$RESULTS"
+if [ ! -f "$STUDY/data/train.jsonl" ] || [ ! -d "$STUDY/models/tiny/teacher_init" ]; then
+  $PY -m snakemake --workflow-profile workflow/profiles/default --scheduler greedy \
+    --configfile "$RECIPE" --config output_dir="$STUDY" -- "$STUDY/data/train.jsonl" \
+    "$STUDY/models/tiny/teacher_init" > "$RESULTS/prepare.log" 2>&1 \
+    || { echo "building the study's train split and tiny models failed (see $RESULTS/prepare.log)"; exit 1; }
+fi
+DEV=$DEV PY=$PY benchmarks/gpu_study_dev.sh || exit 1
 # The recipe's bootstrap.teacher settings and the keys shared by both roles, as stage options.
 options=$($PY - "$RECIPE" "${STEPS:-}" <<'PYEOF'
 import sys
