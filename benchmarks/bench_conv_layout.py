@@ -1,6 +1,6 @@
 """Qwen3-ASR's audio encoder forward and backward with its convolution weights in the default
 (contiguous) layout against channels_last, side by side in one run; prints both times, their
-ratio and the largest output difference.
+ratio and the largest output difference (inputs and timing: bench_audio_windows's).
 
 Why: on the CPU the demo teacher's bootstrap is most of `make demo` (717 s of ~27 min), its
 audio encoder 0.8 s of a 1.1 s step and the encoder's three stride-2 convolutions ~60 % of
@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from transformers import Qwen3ASRForConditionalGeneration
 
-
-def step_seconds(model, features, mask, repeats: int) -> tuple[float, torch.Tensor]:
-    """Median forward + backward time of the audio tower (after one warm-up) and its output."""
-    tower = model.model.audio_tower
-    times, out = [], None
-    for attempt in range(repeats + 1):
-        start = time.perf_counter()
-        model.zero_grad(set_to_none=True)
-        out = tower(features, input_features_mask=mask).last_hidden_state
-        out.pow(2).mean().backward()
-        if attempt:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), out.detach()
+from benchmarks.bench_audio_windows import encoder_inputs, timed
 
 
 def main() -> None:
@@ -49,18 +35,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = Qwen3ASRForConditionalGeneration.from_pretrained(args.model).train()
     tower = model.model.audio_tower
-    chunk = tower.n_window * 2
-    frames = int(args.seconds * 100)
-    width = -(-frames // chunk) * chunk
-    features = torch.randn(args.batch, tower.config.num_mel_bins, width,
-                           generator=torch.Generator().manual_seed(0))
-    mask = (torch.arange(width)[None, :] < frames).long().expand(args.batch, -1)
+    features, mask = encoder_inputs(model, args.batch, (args.seconds, args.seconds), 0)
     rows = []
     for round_ in range(args.rounds):
         tower.to(memory_format=torch.contiguous_format)
-        plain, reference = step_seconds(model, features, mask, args.repeats)
+        plain, reference = timed(model, features, mask, args.repeats)
         tower.to(memory_format=torch.channels_last)
-        last, out = step_seconds(model, features, mask, args.repeats)
+        last, out = timed(model, features, mask, args.repeats)
         row = {"round": round_, "contiguous_s": round(plain, 4), "channels_last_s": round(last, 4),
                "speedup": round(plain / last, 2),
                "max_abs_diff": float((out - reference).abs().max())}

@@ -47,13 +47,7 @@ for model in "$STUDY"/models/*/; do
     [ "$DEV/eval/$name/dev_$dev.summary.json" -nt "$model/config.json" ] || echo "$name $dev"
   done
 done | DEV=$DEV STUDY=$STUDY PY=$PY xargs -r -P "$GPU_JOBS" -n 2 sh -c '
-  lang=$([ "$1" = en ] && echo en || echo zh)
-  metric=$([ "$lang" = zh ] && echo cer || echo wer)
-  mkdir -p "$DEV/eval/$0"
-  $PY -m stages.evaluate --model "$STUDY/models/$0" --input "$DEV/data/dev_$1.jsonl" \
-    --output "$DEV/eval/$0/dev_$1.jsonl" --summary "$DEV/eval/$0/dev_$1.summary.json" \
-    --metric $metric --normalizer $lang --batch-size 64 --max-new-tokens 48 --threads 2 \
-    > "$DEV/eval/$0/dev_$1.log" 2>&1 || echo "dev evaluation of $0 ($1) failed" >&2
+  benchmarks/score_dev.sh "$STUDY/models/$0" "$1" "$DEV/eval/$0"
 ' 2>&1 | tee -a "$RESULTS/summary.txt"
 $PY - "$DEV/eval" <<'EOF' | tee -a "$RESULTS/summary.txt"
 import json, sys

@@ -57,12 +57,7 @@ for seed in $SEEDS; do
     for dev in zh en net; do
       run=$RESULTS/$path@seed$seed
       [ -f "$run/model/config.json" ] || continue
-      lang=$([ "$dev" = en ] && echo en || echo zh)
-      metric=$([ "$lang" = zh ] && echo cer || echo wer)
-      $PY -m stages.evaluate --model "$run/model" --input "$DEV/data/dev_$dev.jsonl" \
-        --output "$run/dev_$dev.jsonl" --summary "$run/dev_$dev.summary.json" --metric $metric \
-        --normalizer $lang --batch-size 64 --max-new-tokens 48 --threads 2 \
-        > "$run/dev_$dev.log" 2>&1 &
+      DEV=$DEV PY=$PY benchmarks/score_dev.sh "$run/model" "$dev" "$run" &
     done
   done
   wait

@@ -37,6 +37,7 @@ from stages.common.provenance import provenance
 from stages.common.settings import setting
 from stages.data.audio import TARGET_SAMPLE_RATE, resample, write_wav
 from stages.demo import degrade
+from stages.demo.draw import pick
 from stages.demo.espeak import Espeak, voice_name
 from stages.demo.grammar_large import BUILDERS as LARGE_GRAMMAR_LANGUAGES
 from stages.demo.sentences import (
@@ -198,15 +199,11 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode())])
 
 
-def _pick(rng: np.random.Generator, items: Sequence[str]) -> str:
-    return items[int(rng.integers(len(items)))]
-
-
 def _voice(rng: np.random.Generator, language: str, hard: bool) -> str:
-    variant = _pick(rng, HARD_VARIANTS if hard else COMMON_VARIANTS)
+    variant = pick(rng, HARD_VARIANTS if hard else COMMON_VARIANTS)
     if language == "en":
         bases = ENGLISH_ACCENT_BASES if hard else ENGLISH_BASES
-        return voice_name(language, variant, _pick(rng, bases))
+        return voice_name(language, variant, pick(rng, bases))
     return voice_name(language, variant)
 
 
@@ -238,10 +235,10 @@ def _plan_clip(split: str, index: int, language: str, text: str, rng: np.random.
         if rng.random() >= recipe.mild_share:
             kinds = []
         else:  # one to three of them, each with probability 1/2
-            kinds = [kind for kind in kinds if rng.random() < 0.5] or [_pick(rng, kinds)]
+            kinds = [kind for kind in kinds if rng.random() < 0.5] or [pick(rng, kinds)]
     for kind in kinds:
         if kind == "noise":
-            plan["noise"] = _pick(rng, recipe.noise_kinds)
+            plan["noise"] = pick(rng, recipe.noise_kinds)
             plan["snr_db"] = _uniform(rng, recipe.snr_db)
         elif kind == "reverb":
             plan["rt60"] = _uniform(rng, recipe.rt60)
