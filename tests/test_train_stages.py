@@ -324,6 +324,32 @@ def test_calibration_of_a_pool_without_transcripts(demo, tmp_path):
 
 # ---- train_opd ------------------------------------------------------------------------------
 
+def test_vuss_by_k_measures_the_shared_top_k(demo, tmp_path):
+    """benchmarks/vuss_by_k: a model against itself shares its whole top-k at every k (VUSS =
+    overlap = k, top-1 agreement 1); another student's union lies between k and 2k ids."""
+    from benchmarks import vuss_by_k
+
+    out = tmp_path / "vuss.json"
+    args = vuss_by_k.build_parser().parse_args([
+        "--teacher", str(demo["teacher"]), "--student", f"self={demo['teacher']}",
+        "--student", f"other={demo['student']}", "--manifest", str(demo["train"]),
+        "--ks", "2", "8", "--batches", "2", "--batch-size", "4", "--max-new-tokens", "6",
+        "--threads", "1", "--json", str(out)])
+    assert vuss_by_k.main(args) == 0
+    rows = {(r["student"], r["k"]): r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {("self", 2), ("self", 8), ("other", 2), ("other", 8)}
+    for k in (2, 8):
+        itself, other = rows["self", k], rows["other", k]
+        assert itself["positions"] > 0 and other["positions"] > 0
+        assert itself["vuss"] == pytest.approx(k) and itself["overlap"] == pytest.approx(k)
+        assert itself["top1_agree"] == pytest.approx(1.0)
+        assert k <= other["vuss"] <= 2 * k
+        assert other["overlap"] == pytest.approx(2 * k - other["vuss"])
+        assert other["overlap"] >= other["top1_agree"] - 1e-9  # an agreeing top-1 is shared
+    for student in ("self", "other"):  # a larger k's union holds more of the teacher's mass
+        assert 0 < rows[student, 2]["teacher_mass"] < rows[student, 8]["teacher_mass"] <= 1
+
+
 def opd_args(demo, calibration: Path, out: Path, *extra) -> list:
     return ["--student", demo["student"], "--teacher", demo["teacher"], "--train", demo["train"],
             "--calibration", calibration, "--output-dir", out, "--batch-size", 4,
