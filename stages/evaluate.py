@@ -72,24 +72,50 @@ from stages.common.runtime import (
     set_threads,
 )
 from stages.common.settings import add_settings, group, setting, settings_from_args
-from stages.data.batching import read_utterances
+from stages.data.batching import Utterance, read_utterances
 from stages.eval.scoring import Scoring, score_rows
 from stages.models import ModelLoading, load_adapter
+from stages.models.base import AsrAdapter
 from stages.models.transcribe import Decoding, TranscriptionResult, transcribe
 
 log = logging.getLogger("stages.evaluate")
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluationRun:
-    """What one evaluation decodes and scores with."""
+class ModelDecoding:
+    """How an evaluation loads its model and decodes with it (all but the scoring)."""
 
-    scoring: Scoring = group("scoring")
     decoding: Decoding = group("decoding")
     language_hint: bool = setting(True, help="prompt with the manifest language where the "
                                              "family takes one")
     loading: ModelLoading = group("model")
     runtime: InferenceRuntime = group("runtime")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationRun(ModelDecoding):
+    """What one evaluation decodes and scores with."""
+
+    scoring: Scoring = group("scoring")
+
+
+@dataclass(frozen=True)
+class EvaluationSet:
+    """One manifest to transcribe and score, and where its rows and summary go."""
+
+    preset: str
+    input: Path
+    output: Path
+    summary: Path
+    scoring: Scoring
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: str  # folder or hub id, as given
+    name: str  # the summary's model_name
+    adapter: AsrAdapter
+    load_seconds: float
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,13 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    source = Path(args.input).resolve()
-    for option, path in (("--output", args.output), ("--summary", args.summary)):
-        if Path(path).resolve() == source:
-            raise UserError(f"{option} {path} is the input manifest; write the results elsewhere")
-    if Path(args.output).resolve() == Path(args.summary).resolve():
-        raise UserError(f"--output and --summary are the same file ({args.output})")
+def check_sets(sets: list[EvaluationSet]) -> None:
+    """No output overwrites an input manifest or another output."""
+    inputs = {Path(s.input).resolve(): s.preset for s in sets}
+    written: dict[Path, str] = {}
+    for s in sets:
+        for option, path in (("output", s.output), ("summary", s.summary)):
+            resolved = Path(path).resolve()
+            if resolved in inputs:
+                raise UserError(f"{s.preset}: {option} {path} is the input manifest of "
+                                f"{inputs[resolved]}; write the results elsewhere")
+            if resolved in written:
+                raise UserError(f"{s.preset}: {option} {path} is also {written[resolved]}")
+            written[resolved] = f"the {option} of {s.preset}"
 
 
 def prediction_rows(result: TranscriptionResult) -> list[dict]:
@@ -129,84 +161,108 @@ def prediction_rows(result: TranscriptionResult) -> list[dict]:
     return rows
 
 
-def main(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
-    settings = settings_from_args(EvaluationRun, args)
-    _check_args(args)
-    set_threads(args.threads)
-    # Outputs describe the last run only: a failure must not leave an earlier summary behind.
-    for path in (args.output, args.summary):
-        Path(path).unlink(missing_ok=True)
-    norm_name, normalize = (settings.scoring.normalizer_name(),
-                            settings.scoring.make_normalizer())
-    utterances = read_utterances(args.input, require_text=True)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    language_hint = settings.language_hint
+def read_sets(sets: list[EvaluationSet]) -> list[list[Utterance]]:
+    """Every set's utterances, read before any model loads (a bad manifest fails fast); the
+    sets' old outputs are removed (outputs describe the last run only: a failure must not leave
+    an earlier summary behind)."""
+    check_sets(sets)
+    for s in sets:
+        for path in (s.output, s.summary):
+            Path(path).unlink(missing_ok=True)
+    return [read_utterances(s.input, require_text=True) for s in sets]
 
-    log.info("loading %s on %s (%s)", args.model, device, dtype_name(dtype))
+
+def load_model(model: str, settings: ModelDecoding, *, name: str | None = None) -> LoadedModel:
+    device = resolve_device(settings.runtime.device)
+    dtype = resolve_dtype(settings.runtime.dtype, device)
+    log.info("loading %s on %s (%s)", model, device, dtype_name(dtype))
     load_start = time.perf_counter()
-    adapter = load_adapter(args.model, family=args.family, device=device, dtype=dtype,
-                           trust_remote_code=args.trust_remote_code,
-                           packed_audio_windows=args.packed_audio_windows)
-    load_seconds = time.perf_counter() - load_start
+    loading = settings.loading
+    adapter = load_adapter(model, family=loading.family, device=device, dtype=dtype,
+                           trust_remote_code=loading.trust_remote_code,
+                           packed_audio_windows=loading.packed_audio_windows)
+    return LoadedModel(model, name or Path(str(model).rstrip("/")).name, adapter,
+                       time.perf_counter() - load_start)
+
+
+def evaluate_set(loaded: LoadedModel, target: EvaluationSet, utterances: list[Utterance],
+                 settings: ModelDecoding, *, started: float) -> dict:
+    """Transcribe and score one set; write its rows and summary. ``started``: when the work the
+    summary's wall_seconds counts began."""
+    adapter, scoring, decoding = loaded.adapter, target.scoring, settings.decoding
+    norm_name, normalize = scoring.normalizer_name(), scoring.make_normalizer()
+    device = adapter.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
-    result = transcribe(adapter, utterances, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, language_hint=language_hint,
-                        loader_workers=args.loader_workers)
-    scored, summary = score_rows(prediction_rows(result), args.metric, normalize,
-                                 source=str(args.output))
+    result = transcribe(adapter, utterances, batch_size=decoding.batch_size,
+                        max_new_tokens=decoding.max_new_tokens,
+                        language_hint=settings.language_hint,
+                        loader_workers=decoding.loader_workers)
+    scored, summary = score_rows(prediction_rows(result), scoring.metric, normalize,
+                                 source=str(target.output))
 
     audio_seconds = math.fsum(u.duration for u in utterances)
-    settings = {"model": str(args.model), "input": str(args.input), "metric": args.metric,
-                "normalizer": norm_name, "en_spelling": args.en_spelling,
-                "family": adapter.family, "batch_size": args.batch_size,
-                "max_new_tokens": args.max_new_tokens, "language_hint": language_hint,
-                "device": device.type, "dtype": dtype_name(dtype)}
+    dtype = dtype_name(adapter.model.dtype)
+    provenance_settings = {
+        "model": str(loaded.model), "input": str(target.input), "metric": scoring.metric,
+        "normalizer": norm_name, "en_spelling": scoring.en_spelling, "family": adapter.family,
+        "batch_size": decoding.batch_size, "max_new_tokens": decoding.max_new_tokens,
+        "language_hint": settings.language_hint, "device": device.type, "dtype": dtype}
     summary.update(
         normalizer=norm_name,
-        en_spelling=args.en_spelling,
+        en_spelling=scoring.en_spelling,
         unstopped=sum(1 for p in result.transcripts if not p.stopped),
         generated_tokens=sum(p.generated for p in result.transcripts),
         audio_seconds=audio_seconds,
         decode_seconds=result.decode_seconds,
-        load_seconds=load_seconds,
+        load_seconds=loaded.load_seconds,
         rtfx=audio_seconds / result.decode_seconds if result.decode_seconds > 0 else None,
-        model=str(args.model),
-        model_name=args.model_name or Path(str(args.model).rstrip("/")).name,
+        model=str(loaded.model),
+        model_name=loaded.name,
         family=adapter.family,
-        preset=args.preset or Path(args.input).stem,
-        input=str(args.input),
-        output=str(args.output),
-        batch_size=args.batch_size,
+        preset=target.preset,
+        input=str(target.input),
+        output=str(target.output),
+        batch_size=decoding.batch_size,
         batches=result.batches,
-        max_new_tokens=args.max_new_tokens,
-        language_hint=language_hint,
-        device=str(adapter.device),
-        dtype=settings["dtype"],
+        max_new_tokens=decoding.max_new_tokens,
+        language_hint=settings.language_hint,
+        device=str(device),
+        dtype=dtype,
         threads=torch.get_num_threads(),
     )
     if device.type == "cuda":
         summary["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     summary["wall_seconds"] = time.perf_counter() - started
-    summary["provenance"] = provenance(settings)
+    summary["provenance"] = provenance(provenance_settings)
 
-    with outputs_together(args.output, args.summary):  # no rows left without their summary
-        write_jsonl(args.output, scored)
-        write_json(args.summary, summary)  # last: its presence means the evaluation completed
+    with outputs_together(target.output, target.summary):  # no rows without their summary
+        write_jsonl(target.output, scored)
+        write_json(target.summary, summary)  # last: its presence means the evaluation completed
     if summary["unstopped"]:
-        log.warning("%d of %d predictions hit --max-new-tokens %d without stopping; raise it if "
-                    "references are longer", summary["unstopped"], len(scored),
-                    args.max_new_tokens)
+        log.warning("%s: %d of %d predictions hit --max-new-tokens %d without stopping; raise "
+                    "it if references are longer", target.preset, summary["unstopped"],
+                    len(scored), decoding.max_new_tokens)
     rate = "n/a" if summary["rate"] is None else f"{summary['rate']:.4f}"
     log.info("%s %s on %s: %s %s = %s (%d errors / %d; S=%d D=%d I=%d), %d empty predictions, "
              "%.1f s audio in %.1f s (RTFx %.1f) -> %s", summary["model_name"],
-             summary["family"], summary["preset"], args.metric, norm_name, rate,
+             summary["family"], summary["preset"], scoring.metric, norm_name, rate,
              summary["errors"], summary["ref_len"], summary["substitutions"],
              summary["deletions"], summary["insertions"], summary["empty_predictions"],
-             audio_seconds, result.decode_seconds, summary["rtfx"] or 0.0, args.output)
+             audio_seconds, result.decode_seconds, summary["rtfx"] or 0.0, target.output)
+    return summary
+
+
+def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    settings = settings_from_args(EvaluationRun, args)
+    target = EvaluationSet(preset=args.preset or Path(args.input).stem, input=Path(args.input),
+                           output=Path(args.output), summary=Path(args.summary),
+                           scoring=settings.scoring)
+    set_threads(settings.runtime.threads)
+    (utterances,) = read_sets([target])
+    loaded = load_model(args.model, settings, name=args.model_name)
+    evaluate_set(loaded, target, utterances, settings, started=started)
     return 0
 
 

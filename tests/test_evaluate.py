@@ -21,7 +21,7 @@ import pytest
 import torch
 from transformers import AutoModelForSeq2SeqLM
 
-from stages import evaluate, score
+from stages import evaluate, evaluate_presets, score
 from stages.common.errors import UserError
 from stages.common.jsonl import read_jsonl, write_jsonl
 from stages.data.audio import write_wav
@@ -220,6 +220,62 @@ def test_cli_in_a_real_process(tmp_path, models, corpus, venv_env):
     assert summary["preset"] == "dev" and summary["model_name"] == "teacher_init"
     assert "wer_errors" in read_jsonl(out / "test_dev.jsonl")[0]
     assert "decode" in done.stderr and "10/10" in done.stderr  # progress in utterances
+
+
+# Summary fields that time or place one run; everything else is what was computed.
+RUN_FIELDS = {"decode_seconds", "load_seconds", "wall_seconds", "rtfx", "provenance", "output"}
+
+
+def test_several_presets_in_one_process_match_one_run_each(tmp_path, models, corpus):
+    """evaluate_presets: one load for two sets (cer/zh and wer/basic); each set's rows and
+    summary are the ones stages.evaluate writes for it alone."""
+    out = tmp_path / "together"
+    assert stage(evaluate_presets, [
+        "--model", models["teacher"], "--output-dir", out, "--preset", f"zh_set={corpus}",
+        f"en_set={corpus}", "--metric", "zh_set=cer", "en_set=wer", "--normalizer",
+        "en_set=basic", "--max-new-tokens", MAX_NEW, "--device", "cpu",
+        "--batch-size", 4, "--model-name", "teacher_x"]) == 0
+    for name, metric, normalizer in (("zh_set", "cer", "zh"), ("en_set", "wer", "basic")):
+        alone = tmp_path / f"alone_{name}"
+        assert stage(evaluate, [
+            "--model", models["teacher"], "--input", corpus,
+            "--output", alone / f"test_{name}.jsonl", "--summary", alone / f"summary_{name}.json",
+            "--metric", metric, "--normalizer", normalizer, "--max-new-tokens", MAX_NEW,
+            "--device", "cpu", "--batch-size", 4, "--preset", name,
+            "--model-name", "teacher_x"]) == 0
+        assert read_jsonl(out / f"test_{name}.jsonl") == read_jsonl(alone / f"test_{name}.jsonl")
+        together, single = (json.loads((folder / f"summary_{name}.json").read_text())
+                            for folder in (out, alone))
+        assert {k: v for k, v in together.items() if k not in RUN_FIELDS} == {
+            k: v for k, v in single.items() if k not in RUN_FIELDS}
+        assert (together["metric"], together["normalizer"], together["preset"]) == (
+            metric, normalizer, name)
+        assert together["output"] == str(out / f"test_{name}.jsonl")
+        assert together["wall_seconds"] >= together["decode_seconds"] > 0
+
+
+def test_presets_need_a_metric_each_and_well_formed_names(tmp_path, models, corpus):
+    def run(*extra):
+        args = evaluate_presets.build_parser().parse_args([str(a) for a in (
+            "--model", models["student"], "--output-dir", tmp_path / "out", "--device", "cpu",
+            *extra)])
+        return evaluate_presets.main(args)
+
+    with pytest.raises(UserError, match="no set to evaluate"):
+        run("--metric", "a=cer")
+    with pytest.raises(UserError, match="no --metric for b"):
+        run("--preset", f"a={corpus}", f"b={corpus}", "--metric", "a=cer")
+    with pytest.raises(UserError, match="--metric names c, which no --preset gives"):
+        run("--preset", f"a={corpus}", "--metric", "a=cer", "c=wer")
+    with pytest.raises(UserError, match="--metric a=ter: 'ter' is not one of cer, wer"):
+        run("--preset", f"a={corpus}", "--metric", "a=ter")
+    with pytest.raises(UserError, match="--normalizer a=de: 'de' is not one of zh, en"):
+        run("--preset", f"a={corpus}", "--metric", "a=cer", "--normalizer", "a=de")
+    with pytest.raises(UserError, match="--preset: 'a' given twice"):
+        run("--preset", f"a={corpus}", f"a={corpus}", "--metric", "a=cer")
+    with pytest.raises(UserError, match="--metric: 'cer' is not NAME=METRIC"):
+        run("--preset", f"a={corpus}", "--metric", "cer")
+    assert not (tmp_path / "out").exists()  # nothing written, no model loaded
 
 
 # ---- the decoding library -----------------------------------------------------------------------

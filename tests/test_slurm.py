@@ -105,7 +105,7 @@ def test_the_paper_recipe_asks_slurm_for_what_its_config_says(venv_env, tmp_path
     jobs = planned_resources(slurm_env(venv_env), write_yaml(tmp_path / "recipe.yaml", recipe),
                              "--workflow-profile", "workflow/profiles/slurm")
     by_rule = Counter(rule for rule, _ in jobs)
-    assert by_rule["train_opd"] == 2 and by_rule["evaluate"] == 20
+    assert by_rule["train_opd"] == 2 and by_rule["evaluate"] == 4
     assert by_rule["teacher_data"] == 16
     opd = config["opd"]
     assert opd["nodes"] * opd["gpus"] * 40 == opd["batch_size"] == 960
@@ -288,7 +288,7 @@ def test_the_demo_dag_runs_on_slurm(slurm_cluster, venv_env, tmp_path):
                      for r in rows)
     planned = Counter({"synth_demo": 1, "validate": 7, "tiny_models": 1, "bootstrap": 2,
                        "teacher_data": 2, "td_merge": 1, "td_adapt": 1, "calibrate": 2,
-                       "train_opd": 2, "export": 2, "evaluate": 20, "report": 1})
+                       "train_opd": 2, "export": 2, "evaluate": 4, "report": 1})
     assert Counter({rule: n for (rule, state), n in states.items() if state == "COMPLETED"}) \
         == planned, states
     assert [(k, n) for k, n in states.items() if k[1] != "COMPLETED"] == \

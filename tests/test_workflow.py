@@ -54,7 +54,7 @@ def test_dry_run_plans_demo_dag(venv_env):
         "tiny_models": 1, "bootstrap": 2,  # the teacher and the student base
         "teacher_data": 2, "td_merge": 1, "td_adapt": 1,  # two TD shards in the demo config
         "calibrate": 2, "train_opd": 2, "export": 2,  # recipes base and td_adapted
-        "evaluate": 20,  # 4 models x 5 presets
+        "evaluate": 4,  # 4 models, each on the 5 presets in one job
         "report": 1, "all": 1,
     }
 
@@ -176,7 +176,7 @@ def test_paper_recipe_plans_the_real_dag(venv_env, tmp_path):
     result = snakemake("-n", "--quiet", "rules", "--configfile", str(path), env=venv_env)
     jobs = job_counts(result.stdout + result.stderr)
     assert "synth_demo" not in jobs and "bootstrap" not in jobs
-    assert jobs["teacher_data"] == 16 and jobs["evaluate"] == 20 and jobs["train_opd"] == 2
+    assert jobs["teacher_data"] == 16 and jobs["evaluate"] == 4 and jobs["train_opd"] == 2
     shell = snakemake("-n", "-p", "--configfile", str(path), env=venv_env).stdout
     # Training: one Slurm task per node (3), each a torchrun of 8 processes.
     assert "srun --nodes 3 --ntasks 3 " in shell
@@ -340,7 +340,15 @@ def check_job(job, config):
         assert all("@" not in name for name, _ in args.models), args.models
     elif rule == "evaluate":
         assert_options(rule, args, config["evaluate"])
-        assert_options(rule, args, config["presets"][args.preset], skip=("manifest",))
+        # Every preset, each with its own manifest, metric and normalizer.
+        given = {option: dict(item.split("=", 1) for item in getattr(args, option))
+                 for option in ("preset", "metric", "normalizer")}
+        presets = config["presets"]
+        assert sorted(given["preset"]) == sorted(presets)
+        assert all(Path(path).name == f"{name}.jsonl" for name, path in given["preset"].items())
+        for option in ("metric", "normalizer"):
+            assert given[option] == {name: p[option] for name, p in presets.items()}, option
+        assert args.output_dir.name == args.model_name
     elif rule == "export":
         assert_options(rule, args, config["export"])
     elif rule != "td_merge":
@@ -447,10 +455,10 @@ def test_every_seed_trains_exports_and_evaluates_its_own_models(venv_env, tmp_pa
     assert evaluated == {"student_base", "teacher", "student_td_adapted@seed1",
                          "student_td_adapted@seed2", "opd_base@seed1", "opd_base@seed2",
                          "opd_td_adapted@seed1", "opd_td_adapted@seed2"}
-    assert len(calls("evaluate")) == len(evaluated) * len(config["presets"])
+    assert len(calls("evaluate")) == len(evaluated)  # one job per model, all presets in it
     for args in calls("evaluate"):  # each seed's evaluation reads that seed's model
         assert Path(args.model).name in (args.model_name, "student_base", "teacher")
-        assert Path(args.output).parent.name == args.model_name
+        assert Path(args.output_dir).name == args.model_name
 
     [report] = [j for j in jobs if j.rule == "report"]
     args = stage_call(report.command)[1]
@@ -627,7 +635,7 @@ def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, t
         "synth_demo": 1, "validate": 7, "tiny_models": 1, "bootstrap": 2,
         "teacher_data": 4, "td_merge": 1, "td_adapt": 3,
         "calibrate": 6, "train_opd": 6, "export": 6,  # 2 recipes x 3 seeds
-        "evaluate": 40,  # (base, teacher, 2 recipes x 3 seeds) x 5 presets
+        "evaluate": 8,  # base, teacher, 2 recipes x 3 seeds: the 5 presets in one job each
         "report": 1, "all": 1,
     }
     calls = {}

@@ -1,5 +1,6 @@
-# Evaluation: every model on every preset, one single-GPU job each. Files keep the reference
-# recipe's names, so existing eval folders and tools work unchanged:
+# Evaluation: every model on every preset, in one single-GPU job per model (python -m
+# stages.evaluate_presets: one model load and warm-up for all presets; a job is mostly those).
+# Files keep the reference recipe's names, so existing eval folders and tools work unchanged:
 # eval/<model>/test_<preset>.jsonl (rows, worst first) and eval/<model>/summary_<preset>.json,
 # where <model> is a model's name or, for a model trained once per seed (config `seeds`), its
 # run of one seed: `opd_base@seed<k>` (the report's layout).
@@ -29,20 +30,21 @@ rule evaluate:
         # The model folder is an input unless the model is a hub id.
         unpack(
             lambda wildcards: {
-                "manifest": validated(wildcards.preset),
+                "manifests": [validated(preset) for preset in PRESETS],
                 **local_model_inputs(model=eval_model_dir(wildcards.model)),
             }
         ),
     output:
-        rows=f"{OUT}/eval/{{model}}/test_{{preset}}.jsonl",
-        summary=f"{OUT}/eval/{{model}}/summary_{{preset}}.json",
+        rows=expand(f"{OUT}/eval/{{{{model}}}}/test_{{preset}}.jsonl", preset=PRESETS),
+        summaries=expand(
+            f"{OUT}/eval/{{{{model}}}}/summary_{{preset}}.json", preset=PRESETS
+        ),
     log:
-        f"{OUT}/logs/evaluate/{{model}}/{{preset}}.log",
+        f"{OUT}/logs/evaluate/{{model}}.log",
     benchmark:
-        f"{OUT}/benchmarks/evaluate/{{model}}/{{preset}}.tsv"
+        f"{OUT}/benchmarks/evaluate/{{model}}.tsv"
     wildcard_constraints:
         model="|".join(map(re.escape, EVAL_MODELS)),
-        preset="|".join(map(re.escape, PRESETS)),
     conda:
         ENV
     threads: config["evaluate"]["threads"]
@@ -55,16 +57,21 @@ rule evaluate:
             if EVAL_MODEL_SOURCES[wildcards.model][1]
             else ""
         ),
-        # The preset's metric and normalizer (its manifest is the input).
-        preset=lambda wildcards: stage_options(
-            config["presets"][wildcards.preset], skip=("manifest",)
+        folder=lambda wildcards: f"{OUT}/eval/{wildcards.model}",
+        # Each preset's manifest, metric and normalizer.
+        presets=stage_options(
+            {
+                "preset": {name: validated(name) for name in PRESETS},
+                **{
+                    key: {name: config["presets"][name][key] for name in PRESETS}
+                    for key in ("metric", "normalizer")
+                },
+            }
         ),
         options=" ".join([stage_options(config["evaluate"]), MODEL_LOADING]),
         python=interpreter,
-        code=code_version("stages.evaluate"),
+        code=code_version("stages.evaluate_presets"),
     shell:
-        LOG
-        + "{params.python} -m stages.evaluate --model {params.model} --input {input.manifest}"
-        " --output {output.rows} --summary {output.summary}"
-        " --model-name {wildcards.model} --preset {wildcards.preset}"
-        " {params.preset} {params.options} {params.family} --threads {threads}"
+        LOG + "{params.python} -m stages.evaluate_presets --model {params.model}"
+        " --output-dir {params.folder} {params.presets} --model-name {wildcards.model}"
+        " {params.options} {params.family} --threads {threads}"
