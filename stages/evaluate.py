@@ -167,6 +167,7 @@ def read_sets(sets: list[EvaluationSet]) -> list[list[Utterance]]:
     an earlier summary behind)."""
     check_sets(sets)
     for s in sets:
+        s.scoring.make_normalizer()  # a bad spelling map fails here, before the model loads
         for path in (s.output, s.summary):
             Path(path).unlink(missing_ok=True)
     return [read_utterances(s.input, require_text=True) for s in sets]
