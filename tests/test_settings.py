@@ -63,6 +63,9 @@ def test_every_type_parses():
     assert (got.steps, got.switch, got.label, got.inner.rate) == (3, False, "L", 0.25)
     assert got.inner.names == ("c",)
     assert got.inner.bounds == {"x": 4.0, "y": 5.0, "default": 2.0}  # merged over the default
+    # A repeated KEY=VALUE option adds its items, never drops the earlier ones.
+    assert parse("--path", "p", "--bounds", "x=4", "--bounds", "y=5").inner.bounds == {
+        "x": 4.0, "y": 5.0, "default": 2.0}
 
 
 @pytest.mark.parametrize("argv, value", [
@@ -86,6 +89,8 @@ def test_bad_values_are_clear_errors(capsys):
         parse("--path", "p", "--bounds", "x=fast")
     with pytest.raises(UserError, match="given twice"):
         parse("--path", "p", "--bounds", "x=1", "x=2")
+    with pytest.raises(UserError, match="given twice"):
+        parse("--path", "p", "--bounds", "x=1", "--bounds", "x=2")
 
 
 def test_help_shows_groups_and_defaults():
@@ -123,7 +128,7 @@ def test_every_stage_builds_its_cli_from_settings():
         names.append(module.__name__)
         for action in parser._actions:
             assert action.help, f"{module.__name__}: {action.option_strings} has no help"
-    assert len(names) == 13  # stages.prepare among them
+    assert len(names) == 14  # stages.prepare and stages.evaluate_presets among them
 
 
 def test_the_training_settings_hash_ignores_resume_options():

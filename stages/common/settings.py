@@ -210,6 +210,7 @@ def _add_option(target: Any, f: dataclasses.Field, hint: Any) -> None:
             kwargs["type"] = str
     elif origin in (dict, Mapping):
         kwargs["nargs"] = "+"
+        kwargs["action"] = "extend"  # a repeated option adds its items (a key twice is an error)
         kwargs["metavar"] = meta["metavar"] or "KEY=VALUE"
         if default is not _MISSING:
             kwargs["default"] = None  # merged over the default in settings_from_args
