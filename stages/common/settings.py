@@ -189,7 +189,8 @@ def _add_option(target: Any, f: dataclasses.Field, hint: Any) -> None:
     hint = _unwrap_optional(hint)
     origin = typing.get_origin(hint)
     help_text = meta["help"]
-    if default is not _MISSING and default is not None:  # None: the help says what unset means
+    # None or an empty mapping: the help says what unset means.
+    if default is not _MISSING and default is not None and default != {}:
         help_text += f" (default: {_shown(default)})"
     kwargs["help"] = help_text
     if meta["metavar"]:
