@@ -73,6 +73,7 @@ from stages.common.runtime import (
 )
 from stages.common.settings import add_settings, group, setting, settings_from_args
 from stages.data.batching import Utterance, read_utterances
+from stages.eval.normalize import Normalizer
 from stages.eval.scoring import Scoring, score_rows
 from stages.models import ModelLoading, load_adapter
 from stages.models.base import AsrAdapter
@@ -161,16 +162,24 @@ def prediction_rows(result: TranscriptionResult) -> list[dict]:
     return rows
 
 
-def read_sets(sets: list[EvaluationSet]) -> list[list[Utterance]]:
-    """Every set's utterances, read before any model loads (a bad manifest fails fast); the
-    sets' old outputs are removed (outputs describe the last run only: a failure must not leave
-    an earlier summary behind)."""
+@dataclass(frozen=True)
+class SetInput:
+    """A set's utterances and its normalizer, made before the model loads."""
+
+    utterances: list[Utterance]
+    normalize: Normalizer
+
+
+def read_sets(sets: list[EvaluationSet]) -> list[SetInput]:
+    """Every set's utterances and normalizer, made before any model loads (a bad manifest or
+    spelling map fails fast); the sets' old outputs are removed (outputs describe the last run
+    only: a failure must not leave an earlier summary behind)."""
     check_sets(sets)
     for s in sets:
-        s.scoring.make_normalizer()  # a bad spelling map fails here, before the model loads
         for path in (s.output, s.summary):
             Path(path).unlink(missing_ok=True)
-    return [read_utterances(s.input, require_text=True) for s in sets]
+    return [SetInput(read_utterances(s.input, require_text=True), s.scoring.make_normalizer())
+            for s in sets]
 
 
 def load_model(model: str, settings: ModelDecoding, *, name: str | None = None) -> LoadedModel:
@@ -186,12 +195,12 @@ def load_model(model: str, settings: ModelDecoding, *, name: str | None = None) 
                        time.perf_counter() - load_start)
 
 
-def evaluate_set(loaded: LoadedModel, target: EvaluationSet, utterances: list[Utterance],
+def evaluate_set(loaded: LoadedModel, target: EvaluationSet, given: SetInput,
                  settings: ModelDecoding, *, started: float) -> dict:
     """Transcribe and score one set; write its rows and summary. ``started``: when the work the
     summary's wall_seconds counts began."""
     adapter, scoring, decoding = loaded.adapter, target.scoring, settings.decoding
-    norm_name, normalize = scoring.normalizer_name(), scoring.make_normalizer()
+    utterances, norm_name = given.utterances, scoring.normalizer_name()
     device = adapter.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -199,7 +208,7 @@ def evaluate_set(loaded: LoadedModel, target: EvaluationSet, utterances: list[Ut
                         max_new_tokens=decoding.max_new_tokens,
                         language_hint=settings.language_hint,
                         loader_workers=decoding.loader_workers)
-    scored, summary = score_rows(prediction_rows(result), scoring.metric, normalize,
+    scored, summary = score_rows(prediction_rows(result), scoring.metric, given.normalize,
                                  source=str(target.output))
 
     audio_seconds = math.fsum(u.duration for u in utterances)
@@ -261,9 +270,9 @@ def main(args: argparse.Namespace) -> int:
                            output=Path(args.output), summary=Path(args.summary),
                            scoring=settings.scoring)
     set_threads(settings.runtime.threads)
-    (utterances,) = read_sets([target])
+    (given,) = read_sets([target])
     loaded = load_model(args.model, settings, name=args.model_name)
-    evaluate_set(loaded, target, utterances, settings, started=started)
+    evaluate_set(loaded, target, given, settings, started=started)
     return 0
 
 

@@ -105,10 +105,10 @@ def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(PresetsRun, args)
     sets = evaluation_sets(settings, args.output_dir)
     set_threads(settings.runtime.threads)
-    manifests = read_sets(sets)
+    inputs = read_sets(sets)
     loaded = load_model(args.model, settings, name=args.model_name)
-    for target, utterances in zip(sets, manifests, strict=True):
-        evaluate_set(loaded, target, utterances, settings, started=time.perf_counter())
+    for target, given in zip(sets, inputs, strict=True):
+        evaluate_set(loaded, target, given, settings, started=time.perf_counter())
     return 0
 
 
