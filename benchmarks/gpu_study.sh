@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU study (README "The GPU study"): the whole DAG of config/recipes/gpu_study.yaml on one
-# GPU, then every model it made scored on a development split, never the presets: new
+# The GPU study (README "The GPU study"): the whole DAG of config/recipes/gpu_study.yaml on the
+# machine's GPUs (its single-GPU jobs spread over them: stages/common/gpu_slots.py), then every model it made scored on a development split, never the presets: new
 # renderings (corpus seed 4321) of sentences from the td_pool's partition of the large grammar,
 # which no model trained on (OPD rolls out on the pool's own clips, whose sentences mostly
 # differ): dev_zh and dev_en (the training mix's conditions) and dev_net (the net preset's
@@ -10,7 +10,7 @@
 #   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
 #
 # EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir; end them before
-# targets with an option such as --nolock). GPU_JOBS (default 8) single-GPU jobs share the GPU;
+# targets with an option such as --nolock). GPU_JOBS (default 8 per GPU) single-GPU jobs run at once;
 # DAG_LIMIT (s, default: none) stops the DAG early so the scoring and the copy still happen
 # within a time limit (leave them ~90 s): run the script again to continue it (finished jobs
 # stay, interrupted training resumes from its checkpoints). ARCHIVE=FILE.tgz also packs
@@ -18,7 +18,8 @@
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu_study_out}
 PY=${PY:-python3}
-GPU_JOBS=${GPU_JOBS:-8}
+GPUS=$($PY -c 'import torch; print(max(1, torch.cuda.device_count()))')
+GPU_JOBS=${GPU_JOBS:-$((8 * GPUS))}
 STUDY=${STUDY:-results/gpu_study}  # the recipe's output_dir
 DEV=${DEV:-results/gpu_study_dev}
 mkdir -p "$RESULTS"

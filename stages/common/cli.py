@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from stages.common.errors import UserError, storage_error, storage_failure
+from stages.common.gpu_slots import claim_gpu_slot, wants_slot
 
 log = logging.getLogger("stages")
 
@@ -38,9 +39,12 @@ def run_stage(main: Callable[[argparse.Namespace], int | None], p: argparse.Argu
               argv: Sequence[str] | None = None) -> int:
     """Parse args, run ``main``; a ``UserError`` becomes a clear message and exit status 1, and
     so does a full, read-only or forbidden output folder (one line naming the path; any other
-    error keeps its traceback)."""
+    error keeps its traceback). A stage whose ``--device`` leaves the GPU open first takes one
+    of the machine's GPUs (``stages.common.gpu_slots``)."""
     args = p.parse_args(argv)
     setup_logging(args.verbose)
+    if wants_slot(getattr(args, "device", None)):
+        claim_gpu_slot()
     try:
         status = main(args)
     except UserError as err:
