@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Does TD adaptation lower VUSS when the student base first learned another transcript
+# convention? (README "The GPU study", VUSS.) The paper's student and teacher came from different
+# training data, in this project both bootstraps learn the same transcripts, and VUSS did not
+# fall after TD. Here the demo's student base is trained again from its tiny init on the demo's
+# train split restyled (en: first letter capitalized, no final full stop, "The cat was big";
+# zh: no final 。), with the demo's bootstrap settings; then TD-adapted on the demo's teacher
+# data (the teacher's convention) with the demo's TD settings; then benchmarks/vuss_by_k.py
+# compares all four students (the demo's and the restyled base, each before and after TD)
+# against the demo's teacher on the td_pool's audio.
+#
+#   OUT=DIR benchmarks/convention_mismatch.sh      # after `make demo` (reads results/)
+#
+# DEMO (default results): the demo's output folder. PY (default .venv/bin/python).
+set -euo pipefail
+DEMO=${DEMO:-results}
+OUT=${OUT:-results/convention_mismatch}
+PY=${PY:-.venv/bin/python}
+mkdir -p "$OUT"
+$PY - "$DEMO/data/train.jsonl" "$OUT/train_restyled.jsonl" <<'PYEOF'
+import json, sys
+def restyle(text, language):
+    if language == "zh":
+        return text.removesuffix("。")
+    text = text.removesuffix(".")
+    return text[:1].upper() + text[1:]
+with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
+    for line in src:
+        row = json.loads(line)
+        row["text"] = restyle(row["text"], row["language"])
+        dst.write(json.dumps(row, ensure_ascii=False) + "\n")
+PYEOF
+head -n 2 "$OUT/train_restyled.jsonl" | cut -c 1-160
+SFT="--schedule cosine --min-lr-ratio 0.1 --weight-decay 0.005 --seed 0 --device auto --threads 2"
+SFT="$SFT --stale-checkpoints set-aside"
+[ -f "$OUT/models/student_base_restyled/config.json" ] || $PY -m stages.sft \
+  --model "$DEMO/models/tiny/student_init" --train "$OUT/train_restyled.jsonl" \
+  --output-dir "$OUT/train/bootstrap_restyled" --export-dir "$OUT/models/student_base_restyled" \
+  --max-steps 650 --batch-size 16 --lr 0.001 --warmup-steps 20 --save-every 250 $SFT
+[ -f "$OUT/models/student_td_restyled/config.json" ] || $PY -m stages.sft \
+  --model "$OUT/models/student_base_restyled" --train "$DEMO/td/td.jsonl" \
+  --output-dir "$OUT/train/td_adapt_restyled" --export-dir "$OUT/models/student_td_restyled" \
+  --max-steps 100 --batch-size 16 --lr 0.0005 --warmup-steps 5 --save-every 30 $SFT
+$PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" \
+  --student base="$DEMO/models/student_base" \
+  --student td="$DEMO/models/student_td_adapted@seed0" \
+  --student base_restyled="$OUT/models/student_base_restyled" \
+  --student td_restyled="$OUT/models/student_td_restyled" \
+  --manifest "$DEMO/data/td_pool.jsonl" --json "$OUT/vuss_by_k.json"
