@@ -16,7 +16,7 @@ set -euo pipefail
 DEMO=${DEMO:-results}
 OUT=${OUT:-results/convention_mismatch}
 PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
+mkdir -p "$OUT/eval"
 $PY - "$DEMO/data/train.jsonl" "$OUT/train_restyled.jsonl" <<'PYEOF'
 import json, sys
 def restyle(text, language):
@@ -47,3 +47,15 @@ $PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" \
   --student base_restyled="$OUT/models/student_base_restyled" \
   --student td_restyled="$OUT/models/student_td_restyled" \
   --manifest "$DEMO/data/td_pool.jsonl" --json "$OUT/vuss_by_k.json"
+# Did each restyled student write its convention? (The clean preset's 40 clips.)
+for model in student_base_restyled student_td_restyled; do
+  $PY -m stages.evaluate --model "$OUT/models/$model" --input "$DEMO/data/clean.jsonl" \
+    --output "$OUT/eval/$model.clean.jsonl" --summary "$OUT/eval/$model.clean.json" \
+    --metric wer --max-new-tokens 32 --threads 2 2> "$OUT/eval/$model.log"
+  $PY - "$OUT/eval/$model.clean.jsonl" "$model" <<'PYEOF'
+import json, sys
+preds = [json.loads(line)["pred_text"] for line in open(sys.argv[1])]
+print(f"{sys.argv[2]}: of {len(preds)} clean transcripts, {sum(p.endswith('.') for p in preds)}"
+      f" end with a full stop, {sum(p[:1].isupper() for p in preds)} start with a capital")
+PYEOF
+done
