@@ -131,3 +131,14 @@ def test_run_stage_claims_only_when_the_device_is_left_open(holders, monkeypatch
     assert gpu_slots._held is not None
     gpu_slots._held.close()
     monkeypatch.setattr(gpu_slots, "_held", None)
+
+
+def test_an_unusable_slots_folder_leaves_the_job_as_it_is(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(gpu_slots.SLOTS_DIR_ENV, str(blocker / "slots"))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setattr(gpu_slots, "_held", None)
+    assert gpu_slots.claim_gpu_slot() is None
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert "GPU slots unusable" in caplog.text and gpu_slots.SLOTS_DIR_ENV in caplog.text

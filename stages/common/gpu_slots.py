@@ -89,15 +89,21 @@ def claim_gpu_slot() -> Claim | None:
     if local_rank is not None and int(local_rank) >= len(gpus):
         return None  # the launcher's business; nothing to record
     folder = slots_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "choose.lock", "a") as choosing:
-        fcntl.flock(choosing, fcntl.LOCK_EX)  # released when the with block closes it
-        taken = {gpu: _taken_slots(folder, gpu) for gpu in gpus}
-        if local_rank is not None:
-            gpu = gpus[int(local_rank)]
-        else:
-            gpu = min(gpus, key=lambda entry: len(taken[entry]))  # ties: the first listed
-        slot, handle = _lock_free_slot(folder, gpu, taken[gpu])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "choose.lock", "a") as choosing:
+            fcntl.flock(choosing, fcntl.LOCK_EX)  # released when the with block closes it
+            taken = {gpu: _taken_slots(folder, gpu) for gpu in gpus}
+            if local_rank is not None:
+                gpu = gpus[int(local_rank)]
+            else:
+                gpu = min(gpus, key=lambda entry: len(taken[entry]))  # ties: the first listed
+            slot, handle = _lock_free_slot(folder, gpu, taken[gpu])
+    except OSError as err:
+        # The job can still run, only without spreading; say why so a pile-up is explained.
+        log.warning("GPU slots unusable (%s; set %s to a writable folder): keeping "
+                    "CUDA_VISIBLE_DEVICES as it is", err, SLOTS_DIR_ENV)
+        return None
     _held = handle
     claim = Claim(gpu=gpu, slot=slot, others=len(taken[gpu]), candidates=len(gpus))
     if local_rank is None:
