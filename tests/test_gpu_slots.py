@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,13 @@ from stages.common import cli, gpu_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Takes a slot, prints what it got, holds it until its stdin closes.
+# Takes a slot (at once, or when told "go" with WAIT set), prints what it got, holds it until
+# its stdin closes.
 HOLDER = """
 import json, os, sys
 from stages.common.gpu_slots import claim_gpu_slot
+if os.environ.get("WAIT"):
+    sys.stdin.readline()
 claim = claim_gpu_slot()
 print(json.dumps({"claim": claim and claim.__dict__,
                   "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}), flush=True)
@@ -35,12 +39,16 @@ class Holders:
         self.slots = slots
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, visible: str = "0,1", **env: str) -> tuple[subprocess.Popen, dict]:
+    def spawn(self, visible: str = "0,1", **env: str) -> subprocess.Popen:
         environ = {**os.environ, "PYTHONPATH": str(ROOT), gpu_slots.SLOTS_DIR_ENV: str(self.slots),
                    "CUDA_VISIBLE_DEVICES": visible, **env}
         proc = subprocess.Popen([sys.executable, "-c", HOLDER], env=environ, text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.procs.append(proc)
+        return proc
+
+    def start(self, visible: str = "0,1", **env: str) -> tuple[subprocess.Popen, dict]:
+        proc = self.spawn(visible, **env)
         return proc, json.loads(proc.stdout.readline())
 
     def close(self):
@@ -79,6 +87,18 @@ def test_jobs_spread_over_gpus_and_a_finished_job_frees_its_slot(holders):
     _, got = holders.start()
     assert got["visible"] == "0" and got["claim"] == {"gpu": "0", "slot": 0, "others": 1,
                                                       "candidates": 2}
+
+
+def test_jobs_starting_together_still_spread(holders):
+    # Six jobs started at once (as Snakemake starts ready jobs): the choice is serialized, so
+    # they do not all see two idle GPUs and pick the first.
+    procs = [holders.spawn("0,1,2", WAIT="1") for _ in range(6)]
+    time.sleep(3)  # all of them imported and waiting
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    chosen = [json.loads(proc.stdout.readline())["visible"] for proc in procs]
+    assert sorted(chosen) == ["0", "0", "1", "1", "2", "2"]
 
 
 def test_a_killed_job_frees_its_slot(holders):
