@@ -6,12 +6,13 @@
 # train split restyled (en: first letter capitalized, no final full stop, "The cat was big";
 # zh: no final 。), with the demo's bootstrap settings; then TD-adapted on the demo's teacher
 # data (the teacher's convention) with the demo's TD settings; then benchmarks/vuss_by_k.py
-# compares all four students (the demo's and the restyled base, each before and after TD)
-# against the demo's teacher on the td_pool's audio.
+# compares the students (both bases, each TD-adapted for every step count in TD_STEPS) against
+# the demo's teacher on the td_pool's audio.
 #
 #   OUT=DIR benchmarks/convention_mismatch.sh      # after `make demo` (reads results/)
 #
-# DEMO (default results): the demo's output folder. PY (default .venv/bin/python).
+# DEMO (default results): the demo's output folder. TD_STEPS (default "100", the demo's):
+# TD adaptation lengths, e.g. "30 100 300". PY (default .venv/bin/python).
 set -euo pipefail
 DEMO=${DEMO:-results}
 OUT=${OUT:-results/convention_mismatch}
@@ -37,18 +38,21 @@ SFT="$SFT --stale-checkpoints set-aside"
   --model "$DEMO/models/tiny/student_init" --train "$OUT/train_restyled.jsonl" \
   --output-dir "$OUT/train/bootstrap_restyled" --export-dir "$OUT/models/student_base_restyled" \
   --max-steps 650 --batch-size 16 --lr 0.001 --warmup-steps 20 --save-every 250 $SFT
-[ -f "$OUT/models/student_td_restyled/config.json" ] || $PY -m stages.sft \
-  --model "$OUT/models/student_base_restyled" --train "$DEMO/td/td.jsonl" \
-  --output-dir "$OUT/train/td_adapt_restyled" --export-dir "$OUT/models/student_td_restyled" \
-  --max-steps 100 --batch-size 16 --lr 0.0005 --warmup-steps 5 --save-every 30 $SFT
-$PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" \
-  --student base="$DEMO/models/student_base" \
-  --student td="$DEMO/models/student_td_adapted@seed0" \
-  --student base_restyled="$OUT/models/student_base_restyled" \
-  --student td_restyled="$OUT/models/student_td_restyled" \
+TD_STEPS=${TD_STEPS:-100}
+students=(--student base="$DEMO/models/student_base" --student base_restyled="$OUT/models/student_base_restyled")
+for steps in $TD_STEPS; do
+  for pair in same:"$DEMO/models/student_base" restyled:"$OUT/models/student_base_restyled"; do
+    name=td${steps}_${pair%%:*}
+    [ -f "$OUT/models/$name/config.json" ] || $PY -m stages.sft --model "${pair#*:}" \
+      --train "$DEMO/td/td.jsonl" --output-dir "$OUT/train/$name" --export-dir "$OUT/models/$name" \
+      --max-steps "$steps" --batch-size 16 --lr 0.0005 --warmup-steps 5 --save-every "$steps" $SFT
+    students+=(--student "$name=$OUT/models/$name")
+  done
+done
+$PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" "${students[@]}" \
   --manifest "$DEMO/data/td_pool.jsonl" --json "$OUT/vuss_by_k.json"
 # Did each restyled student write its convention? (The clean preset's 40 clips.)
-for model in student_base_restyled student_td_restyled; do
+for model in student_base_restyled $(printf "td%s_restyled " $TD_STEPS); do
   $PY -m stages.evaluate --model "$OUT/models/$model" --input "$DEMO/data/clean.jsonl" \
     --output "$OUT/eval/$model.clean.jsonl" --summary "$OUT/eval/$model.clean.json" \
     --metric wer --max-new-tokens 32 --threads 2 2> "$OUT/eval/$model.log"
