@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # The GPU study (README "The GPU study"): the whole DAG of config/recipes/gpu_study.yaml on the
-# machine's GPUs (its single-GPU jobs spread over them: stages/common/gpu_slots.py), then every model it made scored on a development split, never the presets: new
-# renderings (corpus seed 4321) of sentences from the td_pool's partition of the large grammar,
-# which no model trained on (OPD rolls out on the pool's own clips, whose sentences mostly
-# differ): dev_zh and dev_en (the training mix's conditions) and dev_net (the net preset's
-# speed, pitch and telephone codec); benchmarks/gpu_study_dev.sh builds it. Copies what a reader needs (report, per-utterance
-# results, metrics, logs, job benchmarks, no audio or weights) to $RESULTS.
+# machine's GPUs (its single-GPU jobs spread over them: stages/common/gpu_slots.py), then every
+# model it made scored on a development split, never the presets: new renderings (corpus seed
+# 4321) of sentences from the td_pool's partition of the large grammar, which no model trained
+# on (OPD rolls out on the pool's own clips, whose sentences mostly differ): dev_zh and dev_en
+# (the training mix's conditions) and dev_net (the net preset's speed, pitch and telephone
+# codec); benchmarks/gpu_study_dev.sh builds it. Copies what a reader needs (report,
+# per-utterance results, metrics, logs, job benchmarks, no audio or weights) to $RESULTS.
 #
 #   RESULTS=DIR benchmarks/gpu_study.sh [snakemake arguments]
 #
 # EXTRA_CONFIG: config files on top of the recipe (STUDY: their output_dir; end them before
-# targets with an option such as --nolock). GPU_JOBS (default 8 per GPU) single-GPU jobs run at once;
-# DAG_LIMIT (s, default: none) stops the DAG early so the scoring and the copy still happen
-# within a time limit (leave them ~90 s): run the script again to continue it (finished jobs
-# stay, interrupted training resumes from its checkpoints). ARCHIVE=FILE.tgz also packs
-# $RESULTS into one file.
+# targets with an option such as --nolock). GPU_JOBS (default 8 per GPU): single-GPU jobs that
+# run at once. DAG_LIMIT (s, default: none) stops the DAG early so the scoring and the copy
+# still happen within a time limit (leave them ~90 s): run the script again to continue it
+# (finished jobs stay, interrupted training resumes from its checkpoints). ARCHIVE=FILE.tgz
+# also packs $RESULTS into one file.
 set -uo pipefail
 RESULTS=${RESULTS:-results/gpu_study_out}
 PY=${PY:-python3}

@@ -5,8 +5,8 @@ so on a machine with several GPUs every job would start on the first one. Before
 stage that may use CUDA takes a slot: it holds an exclusive ``flock`` on a file
 ``gpu<id>.slot<n>`` (released by the kernel when the process ends, however it ends, so a
 crashed job frees its slot) on the GPU whose slots are least taken, and narrows
-``CUDA_VISIBLE_DEVICES`` to that GPU. A process-wide lock serializes the choice, so jobs that
-start together do not all pick the same GPU.
+``CUDA_VISIBLE_DEVICES`` to that GPU. A lock file that every job takes while choosing
+serializes the choice, so jobs that start together do not all pick the same GPU.
 
 - The candidates are the entries of ``CUDA_VISIBLE_DEVICES`` when it is set, else every GPU the
   driver (NVML) reports. One candidate (Slurm's single-GPU job, a user's choice) or none (a CPU
