@@ -34,13 +34,12 @@ def parse(log: Path) -> list[tuple[float, float, str]]:
             now = datetime.strptime(stamp.group(1), "%a %b %d %H:%M:%S %Y")
             first = first or now
         elif rule_match := START.match(line):
-            rule, wildcards, jobid = rule_match.group(1), "", None
+            rule, jobid = rule_match.group(1), None
         elif rule and (match := JOBID.match(line)):
             jobid = match.group(1)
             started[jobid] = (now, rule)
         elif rule and (match := WILDCARDS.match(line)):
-            wildcards = match.group(1)
-            started[jobid] = (started[jobid][0], f"{rule} {wildcards}")
+            started[jobid] = (started[jobid][0], f"{rule} {match.group(1)}")
         elif match := FINISHED.match(line):
             begin, name = started.pop(match.group(1))
             jobs.append(((begin - first).total_seconds(), (now - first).total_seconds(), name))

@@ -113,13 +113,14 @@ def claim_gpu_slot() -> Claim | None:
     return claim
 
 
-def _slot_path(folder: Path, gpu: str, slot: int) -> Path:
-    return folder / f"gpu{re.sub(r'[^A-Za-z0-9_-]', '_', gpu)}.slot{slot}"
+def _slot_prefix(gpu: str) -> str:
+    """The name of ``gpu``'s slot files before their number (safe for any entry, e.g. UUIDs)."""
+    return f"gpu{re.sub(r'[^A-Za-z0-9_-]', '_', gpu)}.slot"
 
 
 def _taken_slots(folder: Path, gpu: str) -> set[int]:
     """Numbers of ``gpu``'s slot files that another process holds locked."""
-    prefix = _slot_path(folder, gpu, 0).name[: -len("0")]
+    prefix = _slot_prefix(gpu)
     taken = set()
     for path in folder.glob(f"{prefix}*"):
         number = path.name[len(prefix):]
@@ -135,7 +136,7 @@ def _taken_slots(folder: Path, gpu: str) -> set[int]:
 
 def _lock_free_slot(folder: Path, gpu: str, taken: set[int]) -> tuple[int, IO[str]]:
     slot = next(number for number in range(len(taken) + 1) if number not in taken)
-    handle = open(_slot_path(folder, gpu, slot), "a+")  # noqa: SIM115 (held for life)
+    handle = open(folder / f"{_slot_prefix(gpu)}{slot}", "a+")  # noqa: SIM115 (held for life)
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: checked under choose.lock
     handle.truncate(0)
     handle.write(f"pid {os.getpid()}\n")  # who holds it, for a person looking
