@@ -2,21 +2,26 @@
 # Does TD adaptation lower VUSS when the student base first learned another transcript
 # convention? (README "The GPU study", VUSS.) The paper's student and teacher came from different
 # training data, in this project both bootstraps learn the same transcripts, and VUSS did not
-# fall after TD. Here the demo's student base is trained again from its tiny init on the demo's
-# train split restyled (en: first letter capitalized, no final full stop, "The cat was big";
-# zh: no final 。), with the demo's bootstrap settings; then TD-adapted on the demo's teacher
-# data (the teacher's convention) with the demo's TD settings; then benchmarks/vuss_by_k.py
-# compares the students (both bases, each TD-adapted for every step count in TD_STEPS) against
-# the demo's teacher on the td_pool's audio.
+# fall after TD. Here a run's student base is trained again from its tiny init on the run's train
+# split restyled (en: first letter capitalized, no final full stop, "The cat was big"; zh: no
+# final 。), replaying the settings its train_summary.json recorded; then both bases are
+# TD-adapted on the run's teacher data (the teacher's convention), replaying td_adapt@seed0's
+# settings; then benchmarks/vuss_by_k.py compares the students (both bases, each TD-adapted for
+# every step count in TD_STEPS) against the run's teacher on the td_pool's audio.
 #
-#   OUT=DIR benchmarks/convention_mismatch.sh      # after `make demo` (reads results/)
+#   benchmarks/convention_mismatch.sh                 # after `make demo` (reads results/)
+#   DEMO=results/gpu_study DEVICE=cuda MAX_NEW_TOKENS=48 benchmarks/convention_mismatch.sh
 #
-# DEMO (default results): the demo's output folder. TD_STEPS (default "100", the demo's):
-# TD adaptation lengths, e.g. "30 100 300". PY (default .venv/bin/python).
+# DEMO (default results): the run's output folder. OUT (default DEMO/convention_mismatch).
+# TD_STEPS (default: the run's own TD length): TD adaptation lengths, e.g. "30 100 300".
+# DEVICE (auto), THREADS (2), MAX_NEW_TOKENS (32: the clean transcripts of the convention check),
+# VUSS_ARGS (extra options of vuss_by_k, e.g. "--batches 8 --batch-size 32"), PY (.venv/bin/python).
 set -euo pipefail
 DEMO=${DEMO:-results}
-OUT=${OUT:-results/convention_mismatch}
+OUT=${OUT:-$DEMO/convention_mismatch}
 PY=${PY:-.venv/bin/python}
+DEVICE=${DEVICE:-auto}
+THREADS=${THREADS:-2}
 mkdir -p "$OUT/eval"
 $PY - "$DEMO/data/train.jsonl" "$OUT/train_restyled.jsonl" <<'PYEOF'
 import json, sys
@@ -32,30 +37,55 @@ with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
         dst.write(json.dumps(row, ensure_ascii=False) + "\n")
 PYEOF
 head -n 2 "$OUT/train_restyled.jsonl" | cut -c 1-160
-SFT="--schedule cosine --min-lr-ratio 0.1 --weight-decay 0.005 --seed 0 --device auto --threads 2"
-SFT="$SFT --stale-checkpoints set-aside"
-[ -f "$OUT/models/student_base_restyled/config.json" ] || $PY -m stages.sft \
-  --model "$DEMO/models/tiny/student_init" --train "$OUT/train_restyled.jsonl" \
-  --output-dir "$OUT/train/bootstrap_restyled" --export-dir "$OUT/models/student_base_restyled" \
-  --max-steps 650 --batch-size 16 --lr 0.001 --warmup-steps 20 --save-every 250 $SFT
-TD_STEPS=${TD_STEPS:-100}
+
+# The options of the SFT run summarized in $1, with KEY=VALUE arguments replacing settings
+# (max_steps defaults to the steps the run trained).
+replay() {
+  $PY - "$@" <<'PYEOF'
+import json, sys
+summary = json.load(open(sys.argv[1]))
+settings = {k: v for k, v in summary["settings"].items() if k != "input_fingerprints"}
+settings["max_steps"] = summary["steps"]
+settings.update(arg.split("=", 1) for arg in sys.argv[2:])
+for key, value in settings.items():
+    flag = "--" + key.replace("_", "-")
+    if value is None or value is False:
+        continue
+    print(flag if value is True else f"{flag}\n{value}")
+PYEOF
+}
+sft() {  # sft SUMMARY NAME KEY=VALUE...: train and export $OUT/models/NAME unless it exists
+  local summary=$1 name=$2; shift 2
+  [ -f "$OUT/models/$name/config.json" ] && return
+  local options; mapfile -t options < <(replay "$summary" "$@")
+  echo "== $name: ${options[*]}"
+  $PY -m stages.sft "${options[@]}" --output-dir "$OUT/train/$name" --export-dir "$OUT/models/$name" \
+    --device "$DEVICE" --threads "$THREADS" --stale-checkpoints set-aside
+}
+
+base_summary=$DEMO/train/bootstrap_student_base/train_summary.json
+td_summary=$DEMO/train/td_adapt@seed0/train_summary.json
+base_steps=$($PY -c "import json; print(json.load(open('$base_summary'))['steps'])")
+sft "$base_summary" student_base_restyled train="$OUT/train_restyled.jsonl" save_every="$base_steps"
+TD_STEPS=${TD_STEPS:-$($PY -c "import json; print(json.load(open('$td_summary'))['steps'])")}
 students=(--student base="$DEMO/models/student_base" --student base_restyled="$OUT/models/student_base_restyled")
 for steps in $TD_STEPS; do
   for pair in same:"$DEMO/models/student_base" restyled:"$OUT/models/student_base_restyled"; do
     name=td${steps}_${pair%%:*}
-    [ -f "$OUT/models/$name/config.json" ] || $PY -m stages.sft --model "${pair#*:}" \
-      --train "$DEMO/td/td.jsonl" --output-dir "$OUT/train/$name" --export-dir "$OUT/models/$name" \
-      --max-steps "$steps" --batch-size 16 --lr 0.0005 --warmup-steps 5 --save-every "$steps" $SFT
+    sft "$td_summary" "$name" model="${pair#*:}" max_steps="$steps" save_every="$steps"
     students+=(--student "$name=$OUT/models/$name")
   done
 done
+# shellcheck disable=SC2086  # VUSS_ARGS is a list of options
 $PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" "${students[@]}" \
-  --manifest "$DEMO/data/td_pool.jsonl" --json "$OUT/vuss_by_k.json"
-# Did each restyled student write its convention? (The clean preset's 40 clips.)
+  --manifest "$DEMO/data/td_pool.jsonl" --device "$DEVICE" --threads "$THREADS" \
+  --json "$OUT/vuss_by_k.json" ${VUSS_ARGS:-}
+# Did each restyled student write its convention? (The clean preset's transcripts.)
 for model in student_base_restyled $(printf "td%s_restyled " $TD_STEPS); do
   $PY -m stages.evaluate --model "$OUT/models/$model" --input "$DEMO/data/clean.jsonl" \
     --output "$OUT/eval/$model.clean.jsonl" --summary "$OUT/eval/$model.clean.json" \
-    --metric wer --max-new-tokens 32 --threads 2 2> "$OUT/eval/$model.log"
+    --metric wer --max-new-tokens "${MAX_NEW_TOKENS:-32}" --device "$DEVICE" \
+    --threads "$THREADS" 2> "$OUT/eval/$model.log"
   $PY - "$OUT/eval/$model.clean.jsonl" "$model" <<'PYEOF'
 import json, sys
 preds = [json.loads(line)["pred_text"] for line in open(sys.argv[1])]

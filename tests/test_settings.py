@@ -128,7 +128,7 @@ def test_every_stage_builds_its_cli_from_settings():
         names.append(module.__name__)
         for action in parser._actions:
             assert action.help, f"{module.__name__}: {action.option_strings} has no help"
-    assert len(names) == 14  # stages.prepare and stages.evaluate_presets among them
+    assert len(names) == 15  # stages.prepare, evaluate_presets and restyle_transcripts among them
 
 
 def test_the_training_settings_hash_ignores_resume_options():

@@ -308,8 +308,11 @@ def check_job(job, config):
     elif rule == "bootstrap":
         role = args.output_dir.name.removeprefix("bootstrap_")
         roles = {"teacher", "student_base"}
-        assert_options(rule, args, config["bootstrap"][role])
+        assert_options(rule, args, config["bootstrap"][role], skip=("convention",))
         assert_options(rule, args, config["bootstrap"], skip=roles)
+        # A role with `convention: restyled` learns the restyled copy of the train split.
+        restyled = config["bootstrap"][role].get("convention") == "restyled"
+        assert Path(args.train).name == ("train_restyled.jsonl" if restyled else "train.jsonl")
     elif rule == "teacher_data":
         assert_options(rule, args, config["teacher_data"])
         assert args.num_shards == config["teacher_data"]["shards"]
@@ -351,6 +354,9 @@ def check_job(job, config):
         assert args.output_dir.name == args.model_name
     elif rule == "export":
         assert_options(rule, args, config["export"])
+    elif rule == "restyle_transcripts":
+        assert (Path(args.input).name, Path(args.output).name) == ("train.jsonl",
+                                                                    "train_restyled.jsonl")
     elif rule != "td_merge":
         raise AssertionError(f"rule {rule} has no contract check; add one here")
     if rule in ("bootstrap", "td_adapt", "teacher_data", "calibrate", "train_opd", "export",
@@ -401,9 +407,10 @@ def test_every_rule_passes_the_config_to_its_stage(venv_env):
 
 def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
     """Sampling, quarantine, a VUSS floor, several GPUs, extra models, families, remote code,
-    packed audio windows,
+    packed audio windows, a student base in another transcript convention,
     the TD-adapted student's evaluation and a fixed export tolerance."""
     variant = {
+        "bootstrap": {"student_base": {"convention": "restyled"}},
         "validate": {"on_error": "quarantine"},
         "models": {"extra": {"other_model": "org/other-model"}, "student_family":
                    "audio_chat_lm", "teacher_family": "qwen3_asr", "trust_remote_code": True,
@@ -419,7 +426,7 @@ def test_the_other_branches_pass_the_config_too(venv_env, tmp_path):
     }
     config = merged(demo_config(), variant)
     rules, _ = plan_and_check(venv_env, config, write_yaml(tmp_path / "variant.yaml", variant))
-    assert "evaluate" in rules
+    assert {"evaluate", "restyle_transcripts"} <= rules
     commands = [j.command for j in planned_jobs(venv_env, tmp_path / "variant.yaml")]
     assert any("--rejects" in c for c in commands)  # quarantine names the rejects file
     assert any(re.search(r"\S+python\S* -m torch.distributed.run --standalone "

@@ -6,6 +6,9 @@
 BOOTSTRAP = config.get("bootstrap", {})
 # Bootstrap roles: the model each one becomes (models/<role>) and the tiny model it starts from.
 BOOTSTRAP_INIT = {"teacher": "teacher_init", "student_base": "student_init"}
+# Keys of a bootstrap role that the workflow reads itself (not stages.sft options).
+BOOTSTRAP_WORKFLOW_KEYS = ("convention",)
+RESTYLED_TRAIN = f"{OUT}/data/train_restyled.jsonl"
 
 
 rule synth_demo:
@@ -67,12 +70,35 @@ rule tiny_models:
 
 if DEMO:
 
+    # The train split in another transcript convention, for a role with `convention: restyled`.
+    rule restyle_transcripts:
+        input:
+            validated("train"),
+        output:
+            RESTYLED_TRAIN,
+        log:
+            f"{OUT}/logs/restyle_transcripts.log",
+        conda:
+            ENV
+        resources:
+            **job_resources("restyle_transcripts"),
+        params:
+            python=interpreter,
+            code=code_version("stages.restyle_transcripts"),
+        shell:
+            LOG
+            + "{params.python} -m stages.restyle_transcripts --input {input} --output {output}"
+
     # SFT of a tiny random model into the demo teacher or student base: bootstrap.<role> plus the
     # keys beside the roles.
     rule bootstrap:
         input:
             model=lambda wildcards: f"{OUT}/models/tiny/{BOOTSTRAP_INIT[wildcards.role]}",
-            train=validated("train"),
+            train=lambda wildcards: (
+                RESTYLED_TRAIN
+                if BOOTSTRAP[wildcards.role].get("convention") == "restyled"
+                else validated("train")
+            ),
         output:
             model=directory(f"{OUT}/models/{{role}}"),
             summary=f"{OUT}/train/bootstrap_{{role}}/train_summary.json",
@@ -90,7 +116,7 @@ if DEMO:
         params:
             train_dir=lambda wildcards, output: Path(output.summary).parent,
             options=lambda wildcards: stage_options(
-                BOOTSTRAP[wildcards.role], skip=BOOTSTRAP_INIT
+                BOOTSTRAP[wildcards.role], skip=BOOTSTRAP_WORKFLOW_KEYS
             ),
             shared=stage_options(BOOTSTRAP, skip=BOOTSTRAP_INIT),
             loading=MODEL_LOADING,
