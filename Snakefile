@@ -16,6 +16,13 @@ if config["demo"]["enabled"]:
     configfile: "config/demo.yaml"
 
 
+# `--config seeds=[0,1,2]` arrives as strings (Snakemake reads --config values with YAML's
+# BaseLoader): whole numbers written as text are the seeds that were meant.
+if isinstance(config.get("seeds"), list):
+    config["seeds"] = [
+        int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]
+    ]
+
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

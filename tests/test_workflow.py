@@ -488,6 +488,16 @@ def test_every_seed_trains_exports_and_evaluates_its_own_models(venv_env, tmp_pa
         assert Path(path).parent.name == name
 
 
+def test_seeds_given_with_dash_dash_config_are_numbers(venv_env):
+    """`--config seeds=[1,2]` (which Snakemake passes as strings) plans seeds 1 and 2."""
+    result = snakemake("-n", "--forceall", "--config", "seeds=[1,2]", env=venv_env)
+    for seed in (1, 2):
+        assert f"opd_td_adapted@seed{seed}" in result.stdout
+    assert "@seed0" not in result.stdout
+    refused = snakemake("-n", "--config", "seeds=[1,x]", env=venv_env, check=False)
+    assert refused.returncode != 0 and "seeds" in refused.stdout + refused.stderr
+
+
 @pytest.mark.parametrize("seeds", [[], [1, 1], [-1], [0.5], 3])
 def test_seeds_must_be_a_list_of_distinct_non_negative_integers(venv_env, tmp_path, seeds):
     path = write_yaml(tmp_path / "seeds.yaml", {"seeds": seeds})
