@@ -8,8 +8,9 @@
 # distinct transcripts the model wrote (a grammar guesser writes few).
 #   benchmarks/demo_student_levers.sh OUT_DIR [STEPS...]   the GLM-ASR-style student, both corpora
 #                                                           (default steps: 250 500 850)
-#   benchmarks/demo_student_levers.sh OUT_DIR --teacher CONV STEPS [LR]
-#       the Qwen3-ASR-style teacher on zh + en, its conv front end CONV channels wide
+#   benchmarks/demo_student_levers.sh OUT_DIR --teacher CONV STEPS [LR [MELS]]
+#       the Qwen3-ASR-style teacher on zh + en, its conv front end CONV channels wide, on MELS
+#       log-mel bins (default 80, the demo's)
 # Run from the project root with the project's venv active. A student step is ~0.4 s on 2
 # cores, a teacher step ~0.8 s (64 channels), ~1.1 s (128), ~2.2 s (256).
 set -euo pipefail
@@ -40,11 +41,12 @@ with open(dst, "w", encoding="utf-8") as out:
   [ -d "$dir/tiny/student_init" ] || $PY -m stages.tiny_models --manifests "$dir/data/train.jsonl" "$dir/data/td_pool.jsonl" \
       --output-dir "$dir/tiny" --spec '{"vocab_size": 1536, "chunk_seconds": 4}' 2> /dev/null
 }
-teacher_tiny() {  # name, conv channels: the tiny models again, with that teacher front end
-  local dir=$OUT/$1
-  local spec="{\"vocab_size\": 1536, \"chunk_seconds\": 4, \"teacher\": {\"audio_conv_channels\": $2}}"
-  [ -d "$dir/tiny_conv$2/teacher_init" ] || $PY -m stages.tiny_models --manifests "$dir/data/train.jsonl" \
-      "$dir/data/td_pool.jsonl" --output-dir "$dir/tiny_conv$2" --spec "$spec" 2> /dev/null
+teacher_tiny() {  # name, conv channels, mel bins: the tiny models again, that teacher front end
+  local dir=$OUT/$1 folder=tiny_conv$2; [ "$3" = 80 ] || folder=${folder}_mel$3
+  local spec="{\"vocab_size\": 1536, \"chunk_seconds\": 4, \"num_mel_bins\": $3, \"teacher\": {\"audio_conv_channels\": $2}}"
+  [ -d "$dir/$folder/teacher_init" ] || $PY -m stages.tiny_models --manifests "$dir/data/train.jsonl" \
+      "$dir/data/td_pool.jsonl" --output-dir "$dir/$folder" --spec "$spec" 2> /dev/null
+  echo "$folder"
 }
 train() {  # name, steps, initial model (under OUT/name), run label, lr
   local dir=$OUT/$1 run=$OUT/$1/$4_$2
@@ -69,9 +71,11 @@ print(f"{sys.argv[3]:4} {sys.argv[6]} steps {sys.argv[4]:>4} dev {sys.argv[5]}: 
 # Two languages at 50 % each leave too few distinct en sentences for a 300-clip td_pool.
 corpus two 280 zh en
 if [ "${1:-}" = --teacher ]; then
-  conv=${2:?--teacher CONV STEPS [LR]} steps=${3:?--teacher CONV STEPS [LR]} lr=${4:-0.001}
-  teacher_tiny two "$conv"
-  train two "$steps" "tiny_conv$conv/teacher_init" "teacher_conv${conv}_lr$lr" "$lr"
+  conv=${2:?--teacher CONV STEPS [LR [MELS]]} steps=${3:?--teacher CONV STEPS [LR [MELS]]}
+  lr=${4:-0.001} mels=${5:-80}
+  folder=$(teacher_tiny two "$conv" "$mels")
+  label=teacher_conv${conv}_lr$lr; [ "$mels" = 80 ] || label=${label}_mel$mels
+  train two "$steps" "$folder/teacher_init" "$label" "$lr"
   exit
 fi
 corpus six 300 zh en de fr ko ja
