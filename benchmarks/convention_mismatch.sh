@@ -12,18 +12,19 @@
 #   benchmarks/convention_mismatch.sh                 # after `make demo` (reads results/)
 #   DEMO=results/gpu_study DEVICE=cuda MAX_NEW_TOKENS=48 benchmarks/convention_mismatch.sh
 #
-# DEMO (default results): the run's output folder. OUT (default DEMO/convention_mismatch).
+# DEMO (default results): the run's output folder. RESULTS (default DEMO/convention_mismatch):
+# where this writes.
 # TD_STEPS (default: the run's own TD length): TD adaptation lengths, e.g. "30 100 300".
 # DEVICE (auto), THREADS (2), MAX_NEW_TOKENS (32: the clean transcripts of the convention check),
 # VUSS_ARGS (extra options of vuss_by_k, e.g. "--batches 8 --batch-size 32"), PY (.venv/bin/python).
 set -euo pipefail
 DEMO=${DEMO:-results}
-OUT=${OUT:-$DEMO/convention_mismatch}
+RESULTS=${RESULTS:-$DEMO/convention_mismatch}
 PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-2}
-mkdir -p "$OUT/eval"
-$PY - "$DEMO/data/train.jsonl" "$OUT/train_restyled.jsonl" <<'PYEOF'
+mkdir -p "$RESULTS/eval"
+$PY - "$DEMO/data/train.jsonl" "$RESULTS/train_restyled.jsonl" <<'PYEOF'
 import json, sys
 def restyle(text, language):
     if language == "zh":
@@ -36,7 +37,7 @@ with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
         row["text"] = restyle(row["text"], row["language"])
         dst.write(json.dumps(row, ensure_ascii=False) + "\n")
 PYEOF
-head -n 2 "$OUT/train_restyled.jsonl" | cut -c 1-160
+head -n 2 "$RESULTS/train_restyled.jsonl" | cut -c 1-160
 
 # The options of the SFT run summarized in $1, with KEY=VALUE arguments replacing settings
 # (max_steps defaults to the steps the run trained).
@@ -54,39 +55,42 @@ for key, value in settings.items():
     print(flag if value is True else f"{flag}\n{value}")
 PYEOF
 }
-sft() {  # sft SUMMARY NAME KEY=VALUE...: train and export $OUT/models/NAME unless it exists
+sft() {  # sft SUMMARY NAME KEY=VALUE...: train and export $RESULTS/models/NAME unless it exists
   local summary=$1 name=$2; shift 2
-  [ -f "$OUT/models/$name/config.json" ] && return
+  [ -f "$RESULTS/models/$name/config.json" ] && return
   local options; mapfile -t options < <(replay "$summary" "$@")
   echo "== $name: ${options[*]}"
-  $PY -m stages.sft "${options[@]}" --output-dir "$OUT/train/$name" --export-dir "$OUT/models/$name" \
+  $PY -m stages.sft "${options[@]}" --output-dir "$RESULTS/train/$name" \
+    --export-dir "$RESULTS/models/$name" \
     --device "$DEVICE" --threads "$THREADS" --stale-checkpoints set-aside
 }
 
 base_summary=$DEMO/train/bootstrap_student_base/train_summary.json
 td_summary=$DEMO/train/td_adapt@seed0/train_summary.json
 base_steps=$($PY -c "import json; print(json.load(open('$base_summary'))['steps'])")
-sft "$base_summary" student_base_restyled train="$OUT/train_restyled.jsonl" save_every="$base_steps"
+sft "$base_summary" student_base_restyled train="$RESULTS/train_restyled.jsonl" \
+  save_every="$base_steps"
 TD_STEPS=${TD_STEPS:-$($PY -c "import json; print(json.load(open('$td_summary'))['steps'])")}
-students=(--student base="$DEMO/models/student_base" --student base_restyled="$OUT/models/student_base_restyled")
+students=(--student base="$DEMO/models/student_base"
+          --student base_restyled="$RESULTS/models/student_base_restyled")
 for steps in $TD_STEPS; do
-  for pair in same:"$DEMO/models/student_base" restyled:"$OUT/models/student_base_restyled"; do
+  for pair in same:"$DEMO/models/student_base" restyled:"$RESULTS/models/student_base_restyled"; do
     name=td${steps}_${pair%%:*}
     sft "$td_summary" "$name" model="${pair#*:}" max_steps="$steps" save_every="$steps"
-    students+=(--student "$name=$OUT/models/$name")
+    students+=(--student "$name=$RESULTS/models/$name")
   done
 done
 # shellcheck disable=SC2086  # VUSS_ARGS is a list of options
 $PY -m benchmarks.vuss_by_k --teacher "$DEMO/models/teacher" "${students[@]}" \
   --manifest "$DEMO/data/td_pool.jsonl" --device "$DEVICE" --threads "$THREADS" \
-  --json "$OUT/vuss_by_k.json" ${VUSS_ARGS:-}
+  --json "$RESULTS/vuss_by_k.json" ${VUSS_ARGS:-}
 # Did each restyled student write its convention? (The clean preset's transcripts.)
 for model in student_base_restyled $(printf "td%s_restyled " $TD_STEPS); do
-  $PY -m stages.evaluate --model "$OUT/models/$model" --input "$DEMO/data/clean.jsonl" \
-    --output "$OUT/eval/$model.clean.jsonl" --summary "$OUT/eval/$model.clean.json" \
+  $PY -m stages.evaluate --model "$RESULTS/models/$model" --input "$DEMO/data/clean.jsonl" \
+    --output "$RESULTS/eval/$model.clean.jsonl" --summary "$RESULTS/eval/$model.clean.json" \
     --metric wer --max-new-tokens "${MAX_NEW_TOKENS:-32}" --device "$DEVICE" \
-    --threads "$THREADS" 2> "$OUT/eval/$model.log"
-  $PY - "$OUT/eval/$model.clean.jsonl" "$model" <<'PYEOF'
+    --threads "$THREADS" 2> "$RESULTS/eval/$model.log"
+  $PY - "$RESULTS/eval/$model.clean.jsonl" "$model" <<'PYEOF'
 import json, sys
 preds = [json.loads(line)["pred_text"] for line in open(sys.argv[1])]
 print(f"{sys.argv[2]}: of {len(preds)} clean transcripts, {sum(p.endswith('.') for p in preds)}"
