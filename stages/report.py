@@ -103,6 +103,7 @@ from stages.reporting.results import (
     results_markdown,
     td_summary,
     training_summary,
+    vuss_by_recipe,
 )
 from stages.reporting.stats import Bootstrap
 
@@ -233,7 +234,8 @@ def main(args: argparse.Namespace) -> int:
             "intervals": as_dict(bootstrap),
             "no_interval": [{"model": m, "preset": p} for m, p in table.no_rows],
             "missing": [{"model": m, "preset": p} for m, p in table.missing()],
-            "training": inputs.training, "calibration": calibrations, "teacher_data": td,
+            "training": inputs.training, "calibration": calibrations,
+            "calibration_vuss_by_recipe": vuss_by_recipe(calibrations), "teacher_data": td,
             "inputs": [{k: v for k, v in r.items() if k != "versions"}
                        for r in inputs.provenance],
             "provenance": provenance(settings)})

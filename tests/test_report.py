@@ -194,6 +194,29 @@ def test_report_stage_writes_everything(inputs, tmp_path, capsys):
     assert doc["teacher_data"]["kept"] == 210
 
 
+def test_calibration_vuss_is_averaged_per_recipe_over_seeds(inputs, tmp_path):
+    """VUSS before TD adaptation (recipe base) and after it (td_adapted), each the mean over its
+    seeds' calibrations: the paper's comparison in one line of the report."""
+    seeded = []
+    for recipe, vusses in (("base", (54.5, 54.75)), ("td_adapted", (52.5, 53.0))):
+        for seed, vuss in enumerate(vusses):
+            path = write_calibration(tmp_path / f"{recipe}{seed}.json", passed=True)
+            doc = json.loads(path.read_text())
+            doc["metrics"]["vuss"] = vuss
+            path.write_text(json.dumps(doc))
+            seeded.append(f"{recipe}@seed{seed}={path}")
+    out = tmp_path / "report"
+    argv = ["--eval-dir", inputs["eval"], "--output-dir", out, "--calibration", *seeded]
+    assert run_stage(report.main, report.build_parser(), [str(a) for a in argv]) == 0
+    md = (out / "report.md").read_text()
+    assert ("VUSS, mean over each recipe's calibrations (base: before TD adaptation, td_adapted:"
+            " after it): base 54.62 (2), td_adapted 52.75 (2).") in md
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["calibration_vuss_by_recipe"] == {
+        "base": {"vuss_mean": 54.625, "calibrations": 2},
+        "td_adapted": {"vuss_mean": 52.75, "calibrations": 2}}
+
+
 def test_models_option_orders_labels_and_shows_absent_models(inputs, tmp_path):
     out = tmp_path / "report"
     assert run_report(inputs, out, "--models", "teacher=Teacher (1.7B)", "student_base",

@@ -434,6 +434,18 @@ def calibration_row(name: str, report: Mapping[str, Any], path: str | Path) -> d
             "vocab_coverage": (report.get("vocabulary") or {}).get("in_play_fraction")}
 
 
+def vuss_by_recipe(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Mean calibration VUSS of each recipe over its seeds (`base@seed0` and `base@seed1` are
+    recipe `base`) and how many calibrations it averages: base against td_adapted is VUSS
+    before and after TD adaptation, the paper's comparison."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        if row["vuss"] is not None:
+            groups.setdefault(row["recipe"].split("@seed")[0], []).append(float(row["vuss"]))
+    return {name: {"vuss_mean": math.fsum(values) / len(values), "calibrations": len(values)}
+            for name, values in groups.items()}
+
+
 def td_summary(report: Mapping[str, Any], path: str | Path) -> dict[str, Any]:
     summary = report.get("summary") if isinstance(report, Mapping) else None
     if not isinstance(summary, Mapping) or "dropped_by_reason" not in summary:
@@ -503,8 +515,15 @@ def _calibration_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
              fmt(r["stopped_ratio"], percent=True), fmt(r["unmapped_tokens"]),
              fmt(r["unmapped_fraction"]), fmt(r["vocab_coverage"], percent=True)]
             for r in rows]
-    return ["## Calibration", "", "Non-empty, stopped and coverage in percent.", "",
-            markdown_table(header, body), ""]
+    lines = ["## Calibration", "", "Non-empty, stopped and coverage in percent.", "",
+             markdown_table(header, body), ""]
+    means = vuss_by_recipe(rows)
+    if any(m["calibrations"] > 1 for m in means.values()) or len(means) > 1:
+        lines += ["VUSS, mean over each recipe's calibrations (base: before TD adaptation, "
+                  "td_adapted: after it): " + ", ".join(
+                      f"{name} {fmt(m['vuss_mean'])} ({m['calibrations']})"
+                      for name, m in means.items()) + ".", ""]
+    return lines
 
 
 def _td_section(td: Mapping[str, Any]) -> list[str]:
