@@ -24,19 +24,8 @@ PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-2}
 mkdir -p "$RESULTS/eval"
-$PY - "$DEMO/data/train.jsonl" "$RESULTS/train_restyled.jsonl" <<'PYEOF'
-import json, sys
-def restyle(text, language):
-    if language == "zh":
-        return text.removesuffix("。")
-    text = text.removesuffix(".")
-    return text[:1].upper() + text[1:]
-with open(sys.argv[1]) as src, open(sys.argv[2], "w") as dst:
-    for line in src:
-        row = json.loads(line)
-        row["text"] = restyle(row["text"], row["language"])
-        dst.write(json.dumps(row, ensure_ascii=False) + "\n")
-PYEOF
+$PY -m stages.restyle_transcripts --input "$DEMO/data/train.jsonl" \
+  --output "$RESULTS/train_restyled.jsonl"
 head -n 2 "$RESULTS/train_restyled.jsonl" | cut -c 1-160
 
 # The options of the SFT run summarized in $1, with KEY=VALUE arguments replacing settings

@@ -30,7 +30,14 @@ from typing import Any
 
 from stages.common.errors import UserError
 from stages.common.jsonl import read_json, read_jsonl
-from stages.reporting.evaluations import Run, UtteranceCounts, align, group_runs, read_counts
+from stages.reporting.evaluations import (
+    Run,
+    UtteranceCounts,
+    align,
+    group_runs,
+    read_counts,
+    run_of,
+)
 from stages.reporting.stats import (
     Bootstrap,
     CellStats,
@@ -441,7 +448,7 @@ def vuss_by_recipe(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, flo
     groups: dict[str, list[float]] = {}
     for row in rows:
         if row["vuss"] is not None:
-            groups.setdefault(row["recipe"].split("@seed")[0], []).append(float(row["vuss"]))
+            groups.setdefault(run_of(row["recipe"]).model, []).append(float(row["vuss"]))
     return {name: {"vuss_mean": math.fsum(values) / len(values), "calibrations": len(values)}
             for name, values in groups.items()}
 
@@ -518,7 +525,7 @@ def _calibration_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = ["## Calibration", "", "Non-empty, stopped and coverage in percent.", "",
              markdown_table(header, body), ""]
     means = vuss_by_recipe(rows)
-    if any(m["calibrations"] > 1 for m in means.values()) or len(means) > 1:
+    if sum(m["calibrations"] for m in means.values()) > 1:  # one alone says nothing new
         lines += ["VUSS, mean over each recipe's calibrations (base: before TD adaptation, "
                   "td_adapted: after it): " + ", ".join(
                       f"{name} {fmt(m['vuss_mean'])} ({m['calibrations']})"
