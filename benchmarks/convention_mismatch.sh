@@ -10,9 +10,12 @@
 # every step count in TD_STEPS) against the run's teacher on the td_pool's audio.
 #
 #   benchmarks/convention_mismatch.sh                 # after `make demo` (reads results/)
-#   DEMO=results/gpu_study DEVICE=cuda MAX_NEW_TOKENS=48 benchmarks/convention_mismatch.sh
+#   DEMO=results/gpu_study_same_convention DEVICE=cuda MAX_NEW_TOKENS=48 \
+#       benchmarks/convention_mismatch.sh
 #
-# DEMO (default results): the run's output folder. RESULTS (default DEMO/convention_mismatch):
+# DEMO (default results): the run's output folder, one whose student base learned the teacher's
+# convention (the GPU study's since config/recipes/gpu_study_same_convention.yaml: the study
+# itself now restyles its student base). RESULTS (default DEMO/convention_mismatch):
 # where this writes.
 # TD_STEPS (default: the run's own TD length): TD adaptation lengths, e.g. "30 100 300".
 # DEVICE (auto), THREADS (2), MAX_NEW_TOKENS (32: the clean transcripts of the convention check),

@@ -641,7 +641,8 @@ def test_a_changed_option_or_stage_code_reruns_the_job_and_nothing_else_does(ven
 def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, tmp_path):
     """config/recipes/gpu_study.yaml (README "The GPU study"): the demo DAG with the large
     grammar, GPU-sized tiny models and three training seeds, every job on a GPU when there is
-    one; the CPU-only demo values it replaces (export on cpu) do not leak in."""
+    one; the student base learns the restyled train split, the teacher the split as written;
+    the CPU-only demo values it replaces (export on cpu) do not leak in."""
     recipe = yaml.safe_load((ROOT / "config" / "recipes" / "gpu_study.yaml").read_text())
     recipe["output_dir"] = str(tmp_path / "results")
     jobs = planned_jobs(venv_env, write_yaml(tmp_path / "study.yaml", recipe))
@@ -649,7 +650,8 @@ def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, t
     for job in jobs:
         counts[job.rule] = counts.get(job.rule, 0) + 1
     assert counts == {
-        "synth_demo": 1, "validate": 7, "tiny_models": 1, "bootstrap": 2,
+        "synth_demo": 1, "validate": 7, "restyle_transcripts": 1, "tiny_models": 1,
+        "bootstrap": 2,
         "teacher_data": 4, "td_merge": 1, "td_adapt": 3,
         "calibrate": 6, "train_opd": 6, "export": 6,  # 2 recipes x 3 seeds
         "evaluate": 8,  # base, teacher, 2 recipes x 3 seeds: the 5 presets in one job each
@@ -665,9 +667,25 @@ def test_the_gpu_study_recipe_plans_three_seeds_on_the_large_grammar(venv_env, t
     assert {"train=20000", "td_pool=4000", "aishell=200"} <= set(synth.sizes)
     spec = json.loads(calls["tiny_models"][0].spec)
     assert spec["teacher"]["hidden_size"] == 384 and spec["student"]["hidden_size"] == 256
-    steps = sorted(args.max_steps for args in calls["bootstrap"])
-    assert steps == [350, 1200]
+    trains = {args.max_steps: Path(args.train).name for args in calls["bootstrap"]}
+    assert trains == {350: "train_restyled.jsonl", 1200: "train.jsonl"}  # student, teacher
     assert sorted(args.seed for args in calls["train_opd"]) == [0, 0, 1, 1, 2, 2]
     for rule in ("bootstrap", "teacher_data", "td_adapt", "calibrate", "train_opd", "export",
                  "evaluate"):
         assert {args.device for args in calls[rule]} == {"auto"}, rule
+
+
+def test_the_same_convention_recipe_reruns_the_study_with_one_convention(venv_env, tmp_path):
+    """config/recipes/gpu_study_same_convention.yaml after gpu_study.yaml (the study's run 2):
+    nothing restyled, both bootstraps learn the train split as written, in its own folder."""
+    recipes = ROOT / "config" / "recipes"
+    same = yaml.safe_load((recipes / "gpu_study_same_convention.yaml").read_text())
+    assert same["output_dir"] == "results/gpu_study_same_convention"
+    same["output_dir"] = str(tmp_path / "results")
+    jobs = planned_jobs(venv_env, recipes / "gpu_study.yaml",
+                        write_yaml(tmp_path / "same.yaml", same))
+    assert "restyle_transcripts" not in {job.rule for job in jobs}
+    bootstraps = [stage_call(job.command)[1] for job in jobs if job.rule == "bootstrap"]
+    assert {args.max_steps: Path(args.train).name for args in bootstraps} == {
+        350: "train.jsonl", 1200: "train.jsonl"}
+    assert all(Path(args.train).is_relative_to(tmp_path / "results") for args in bootstraps)
