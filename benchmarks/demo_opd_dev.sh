@@ -81,6 +81,8 @@ for model in student_base teacher opd_base@seed0 opd_td_adapted@seed0; do
 done
 summary=$DEMO/train/opd_base@seed0/train_summary.json
 for variant in "$@"; do
+  [[ $variant =~ ^[A-Za-z0-9_.-]+:[a-z_]+=[^,]+(,[a-z_]+=[^,]+)*$ ]] \
+    || { echo "variant '$variant': expected NAME:KEY=VALUE[,KEY=VALUE...]" >&2; exit 2; }
   name=${variant%%:*} replacements=${variant#*:}
   if [ ! -f "$RESULTS/models/$name/config.json" ]; then
     mapfile -t options < <(replay "$summary" ${replacements//,/ })
