@@ -31,26 +31,11 @@ $PY -m stages.restyle_transcripts --input "$DEMO/data/train.jsonl" \
   --output "$RESULTS/train_restyled.jsonl"
 head -n 2 "$RESULTS/train_restyled.jsonl" | cut -c 1-160
 
-# The options of the SFT run summarized in $1, with KEY=VALUE arguments replacing settings
-# (max_steps defaults to the steps the run trained).
-replay() {
-  $PY - "$@" <<'PYEOF'
-import json, sys
-summary = json.load(open(sys.argv[1]))
-settings = {k: v for k, v in summary["settings"].items() if k != "input_fingerprints"}
-settings["max_steps"] = summary["steps"]
-settings.update(arg.split("=", 1) for arg in sys.argv[2:])
-for key, value in settings.items():
-    flag = "--" + key.replace("_", "-")
-    if value is None or value is False:
-        continue
-    print(flag if value is True else f"{flag}\n{value}")
-PYEOF
-}
 sft() {  # sft SUMMARY NAME KEY=VALUE...: train and export $RESULTS/models/NAME unless it exists
   local summary=$1 name=$2; shift 2
   [ -f "$RESULTS/models/$name/config.json" ] && return
-  local options; mapfile -t options < <(replay "$summary" "$@")
+  local replayed options; replayed=$($PY -m benchmarks.replay_options "$summary" "$@")
+  mapfile -t options <<< "$replayed"
   echo "== $name: ${options[*]}"
   $PY -m stages.sft "${options[@]}" --output-dir "$RESULTS/train/$name" \
     --export-dir "$RESULTS/models/$name" \

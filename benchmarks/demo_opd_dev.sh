@@ -5,7 +5,7 @@
 # splits; OPD rolls out on the td_pool's own clips, whose sentences these share, which favours
 # OPD somewhat). Scores a finished demo run's models on them, then trains OPD from the demo's
 # student base for every variant given, replaying opd_base@seed0's settings with the variant's
-# KEY=VALUE replacements, and scores each.
+# KEY=VALUE replacements (benchmarks/replay_options.py), and scores each.
 #
 #   benchmarks/demo_opd_dev.sh [NAME:KEY=VALUE,KEY=VALUE ...]
 #   benchmarks/demo_opd_dev.sh lr2e-4:lr=0.0002 steps100:max_steps=100
@@ -53,29 +53,6 @@ score() {  # score NAME MODEL_DIR: every dev split, once per model
   done
 }
 
-# The options of the OPD run summarized in $1 with KEY=VALUE replacements (max_steps defaults
-# to the steps the run trained).
-replay() {
-  $PY - "$@" <<'PYEOF'
-import json, sys
-summary = json.load(open(sys.argv[1]))
-settings = {k: v for k, v in summary["settings"].items() if k != "input_fingerprints"}
-settings["max_steps"] = summary["steps"]
-settings["calibration"] = summary["calibration"]
-settings.update(arg.split("=", 1) for arg in sys.argv[2:] if arg)
-for key, value in settings.items():
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        value = value.lower() == "true"
-    if value is None:
-        continue
-    flag = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        print(flag if value else "--no-" + key.replace("_", "-"))
-    else:
-        print(f"{flag}\n{value}")
-PYEOF
-}
-
 for model in student_base teacher opd_base@seed0 opd_td_adapted@seed0; do
   [ -d "$DEMO/models/$model" ] && score "$model" "$DEMO/models/$model"
 done
@@ -85,7 +62,8 @@ for variant in "$@"; do
     || { echo "variant '$variant': expected NAME:KEY=VALUE[,KEY=VALUE...]" >&2; exit 2; }
   name=${variant%%:*} replacements=${variant#*:}
   if [ ! -f "$RESULTS/models/$name/config.json" ]; then
-    mapfile -t options < <(replay "$summary" ${replacements//,/ })
+    replayed=$($PY -m benchmarks.replay_options "$summary" ${replacements//,/ })
+    mapfile -t options <<< "$replayed"
     echo "== $name: ${options[*]}"
     $PY -m stages.train_opd "${options[@]}" --output-dir "$RESULTS/train/$name" \
       --export-dir "$RESULTS/models/$name" --device cpu --threads "$THREADS" \
